@@ -1,0 +1,277 @@
+"""The ``hf-localnat`` command line (also ``python -m hf_localnat``).
+
+Each sub-command is driven by one dataclass whose fields carry their own help, as in TRL's scripts.
+User mistakes print one ``hf-localnat: error: ...`` line and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .errors import LocalnatError
+
+logger = logging.getLogger("hf_localnat")
+
+
+def parse_window(text: str | int | float) -> int | float:
+    """``"4"`` -> 4, ``"0.5"`` -> 0.5; anything else is a user error."""
+    if isinstance(text, int | float):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise LocalnatError(f"--window {text!r} is not a number. Use an int >= 1 or a float in (0, 1).") from None
+
+
+@dataclass
+class ScoringArguments:
+    """How responses are scored (shared by ``score`` and ``demo``)."""
+
+    student: str | None = field(
+        default=None,
+        metadata={
+            "help": "Student model: a local folder, a .gguf file, or a cached Hub id. Default: embedded SmolLM2."
+        },
+    )
+    metrics: str = field(default="global,local", metadata={"help": "Comma-separated metrics: global, local, rsr."})
+    window: str = field(
+        default="4", metadata={"help": "Previous steps in a local context: an int >= 1, or a fraction in (0, 1)."}
+    )
+    splitter: str = field(
+        default="sentence",
+        metadata={"help": "Step splitter: sentence, paragraph, line, regex:<pattern> or tokens:<n>."},
+    )
+    min_step_chars: int = field(default=4, metadata={"help": "Pieces shorter than this join the step before them."})
+    include_prompt: bool = field(default=True, metadata={"help": "Start local contexts with the prompt (else BOS)."})
+    step_aggregate: str = field(default="step_mean", metadata={"help": "step_mean or token_mean."})
+    drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
+    return_steps: bool = field(default=False, metadata={"help": "Also write step_spans and step_logprobs."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt text."})
+    response_column: str = field(default="response", metadata={"help": "Column holding the response text."})
+    max_tokens_per_batch: int = field(default=16384, metadata={"help": "Padded tokens per forward pass."})
+
+
+@dataclass
+class ScoreArguments(ScoringArguments):
+    """``hf-localnat score INPUT --output OUT``: add naturalness columns to every row."""
+
+    output: str = field(default="", metadata={"help": "Output: .jsonl, .json, .parquet, .csv, or a folder."})
+    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+    limit: int | None = field(default=None, metadata={"help": "Score only the first N rows."})
+    chunk_rows: int = field(
+        default=64, metadata={"help": "Rows per saved chunk; an interrupted run resumes per chunk."}
+    )
+
+
+@dataclass
+class SelectArguments:
+    """``hf-localnat select SCORED --by METRIC --group-by COLUMN --output OUT``: keep the best k per group."""
+
+    by: str = field(default="local_naturalness", metadata={"help": "Score column to select by."})
+    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the group (the prompt)."})
+    k: int = field(default=1, metadata={"help": "Responses kept per group."})
+    where: str | None = field(default=None, metadata={"help": 'Row filter first, e.g. "correct == True".'})
+    higher_is_better: bool | None = field(
+        default=None, metadata={"help": "Override the metric's direction (naturalness: higher; rsr: lower)."}
+    )
+    output: str = field(default="", metadata={"help": "Output: .jsonl, .json, .parquet, .csv, or a folder."})
+
+
+@dataclass
+class RankTeachersArguments:
+    """``hf-localnat rank-teachers SCORED --by METRIC``: rank teachers by their mean score over prompts."""
+
+    by: str = field(default="local_naturalness", metadata={"help": "Score column to rank by."})
+    teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
+    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the prompt."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% CI."})
+    output: str | None = field(default=None, metadata={"help": "Write the table to this .csv or .json file."})
+
+
+@dataclass
+class DemoArguments(ScoringArguments):
+    """``hf-localnat demo``: score the embedded demo pool, rank teachers, select, and write a dataset folder."""
+
+    metrics: str = field(default="global,local,rsr", metadata={"help": "Comma-separated metrics: global, local, rsr."})
+    output_dir: str = field(default="localnat-demo", metadata={"help": "Where the selected dataset folder goes."})
+    limit_prompts: int | None = field(default=None, metadata={"help": "Use only the first N demo prompts."})
+
+
+def build_scorer(args: ScoringArguments):
+    from .scorer import NaturalnessScorer
+    from .student import load_student
+
+    window = parse_window(args.window)
+    model, tokenizer = load_student(args.student)
+    return NaturalnessScorer(
+        model,
+        tokenizer,
+        metrics=args.metrics,
+        window=window,
+        splitter=args.splitter,
+        min_step_chars=args.min_step_chars,
+        include_prompt=args.include_prompt,
+        step_aggregate=args.step_aggregate,
+        drop_first_token=args.drop_first_token,
+        return_steps=args.return_steps,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        max_tokens_per_batch=args.max_tokens_per_batch,
+    )
+
+
+def check_scoring_args(args: ScoringArguments) -> None:
+    """Validate the cheap options before the student is loaded."""
+    from .metrics import normalize_metrics, validate_window
+
+    normalize_metrics(args.metrics)
+    validate_window(parse_window(args.window))
+
+
+def run_score(args: ScoreArguments, input_path: str) -> None:
+    from .data_io import load_rows, require_columns, require_text, write_rows
+    from .scorer import score_dataset
+
+    if not args.output:
+        raise LocalnatError("score needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
+    check_scoring_args(args)
+    ds = load_rows(input_path, split=args.split)
+    flags = {args.prompt_column: "--prompt-column", args.response_column: "--response-column"}
+    require_columns(ds, [args.prompt_column, args.response_column], input_path, flags)
+    require_text(ds, args.prompt_column, input_path, allow_none=False)
+    require_text(ds, args.response_column, input_path)
+    if args.limit is not None:
+        ds = ds.select(range(min(args.limit, len(ds))))
+    scorer = build_scorer(args)
+    output = Path(args.output)
+    work_dir = output.with_name(f".{output.name}.partial")
+    scored = score_dataset(ds, scorer, work_dir=work_dir, chunk_rows=args.chunk_rows)
+    write_rows(scored, output)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    print(f"Scored {len(scored)} rows -> {output}")
+
+
+def run_select(args: SelectArguments, scored_path: str) -> None:
+    from .data_io import load_rows, require_columns, write_rows
+    from .selection import select_responses
+
+    if not args.output:
+        raise LocalnatError("select needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
+    ds = load_rows(scored_path)
+    require_columns(ds, [args.by, args.group_by], scored_path, {args.by: "--by", args.group_by: "--group-by"})
+    selected, report = select_responses(
+        ds,
+        by=args.by,
+        group_by=args.group_by,
+        k=args.k,
+        where=args.where,
+        higher_is_better=args.higher_is_better,
+        return_report=True,
+    )
+    write_rows(selected, args.output)
+    print(report.summary())
+    print(f"Selected {len(selected)} rows -> {args.output}")
+
+
+def run_rank_teachers(args: RankTeachersArguments, scored_path: str) -> None:
+    from .data_io import load_rows, require_columns
+    from .selection import format_ranking, rank_teachers
+
+    ds = load_rows(scored_path)
+    require_columns(
+        ds,
+        [args.by, args.teacher_column, args.group_by],
+        scored_path,
+        {args.by: "--by", args.teacher_column: "--teacher-column", args.group_by: "--group-by"},
+    )
+    table = rank_teachers(
+        ds, by=args.by, teacher_column=args.teacher_column, group_by=args.group_by, n_bootstrap=args.n_bootstrap
+    )
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise LocalnatError(f"--output {args.output!r}: use a .csv or .json file name.")
+        from .data_io import atomic_file
+
+        with atomic_file(out) as tmp:
+            if out.suffix.lower() == ".csv":
+                table.to_csv(tmp, index=False)
+            else:
+                table.to_json(tmp, orient="records", indent=2)
+        print(f"Wrote the ranking of {len(table)} teachers -> {out}")
+    else:
+        print(format_ranking(table))
+
+
+def run_demo(args: DemoArguments) -> None:
+    from .demo import run_demo as demo
+
+    check_scoring_args(args)
+    demo(args)
+
+
+COMMANDS: dict[str, tuple[type, str | None, Callable, str]] = {
+    "score": (
+        ScoreArguments,
+        "input",
+        run_score,
+        "Score rows: INPUT is a data file, a save_to_disk folder or a Hub id.",
+    ),
+    "select": (SelectArguments, "scored", run_select, "Select the best k responses per prompt from scored rows."),
+    "rank-teachers": (RankTeachersArguments, "scored", run_rank_teachers, "Rank teachers by a score column."),
+    "demo": (DemoArguments, None, run_demo, "Score the embedded demo pool with the embedded student, end to end."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-localnat", description="Local-naturalness data selection for distillation."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Show debug logs and full tracebacks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
+    for name, (dataclass_type, positional, _, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, dataclass_types=[dataclass_type], help=help_text, description=help_text)
+        if positional:
+            command.add_argument(positional, help=help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if namespace.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("hf_localnat").setLevel(logging.DEBUG if namespace.verbose else logging.INFO)
+    dataclass_type, positional, run, _ = COMMANDS[namespace.command]
+    args = dataclass_type(**{f.name: getattr(namespace, f.name) for f in fields(dataclass_type)})
+    try:
+        if positional:
+            run(args, getattr(namespace, positional))
+        else:
+            run(args)
+    except LocalnatError as err:
+        if namespace.verbose:
+            raise
+        print(f"hf-localnat: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hf-localnat: interrupted. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

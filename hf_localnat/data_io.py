@@ -1,0 +1,191 @@
+"""Reading user data and writing results: clear one-line errors in, atomic files out.
+
+Inputs: ``.jsonl``, ``.json``, ``.parquet``, ``.csv`` files, a ``save_to_disk`` folder, or a Hub dataset id
+(from the local cache when offline). Outputs go to a temporary sibling first and are renamed into place,
+so an interrupted write never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import datasets
+from datasets import Dataset
+
+from .errors import LocalnatError
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """Name the first malformed line of a JSON-lines file, or None when every line parses."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                return (
+                    f"{path} line {number}: malformed JSON ({err.msg} at column {err.colno}). Fix or remove that line."
+                )
+            if not isinstance(value, dict):
+                return f"{path} line {number}: expected a JSON object per line, got {type(value).__name__}."
+    return None
+
+
+def _mixed_type_message(path: Path) -> str | None:
+    """Find the first row whose column type disagrees with the rows before it."""
+    seen: dict[str, type] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            for key, value in json.loads(line).items():
+                if value is None:
+                    continue
+                kind = float if isinstance(value, int | float) and not isinstance(value, bool) else type(value)
+                if key in seen and seen[key] is not kind:
+                    return (
+                        f"{path} line {number} (row {number - 1}), column {key!r}: {kind.__name__} value "
+                        f"{str(value)[:40]!r} where earlier rows hold {seen[key].__name__}. Make the column one type."
+                    )
+                seen.setdefault(key, kind)
+    return None
+
+
+def load_rows(source: str | os.PathLike, split: str = "train") -> Dataset:
+    """Load a dataset from a data file, a ``save_to_disk`` folder, or a Hub id; user mistakes raise LocalnatError.
+
+    Example:
+        >>> ds = load_rows("pool.jsonl")  # doctest: +SKIP
+        >>> ds.column_names  # doctest: +SKIP
+        ['prompt_id', 'prompt', 'teacher', 'response']
+    """
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            return datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_dataset(str(path))
+        except Exception as err:  # noqa: BLE001 - any loader failure is reported as one line
+            raise LocalnatError(f"{path}: not a save_to_disk folder and no data files could be read ({err}).") from err
+        return loaded[split] if split in loaded else loaded[next(iter(loaded))]
+    if path.suffix.lower() in FILE_FORMATS:
+        if not path.exists():
+            raise LocalnatError(f"input file {str(path)!r} not found. Check the path.")
+        fmt = FILE_FORMATS[path.suffix.lower()]
+        if fmt == "json" and path.suffix.lower() == ".jsonl":
+            bad = _first_bad_json_line(path)
+            if bad:
+                raise LocalnatError(bad)
+        try:
+            return datasets.load_dataset(fmt, data_files=str(path), split="train")
+        except Exception as err:  # noqa: BLE001
+            message = _mixed_type_message(path) if fmt == "json" and path.suffix.lower() == ".jsonl" else None
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise LocalnatError(message or f"{path}: could not read it as {fmt} ({first}).") from err
+    if path.suffix and not path.exists():
+        raise LocalnatError(
+            f"input {str(path)!r} not found. Use a .jsonl, .json, .parquet or .csv file, a save_to_disk folder, "
+            "or a Hub dataset id."
+        )
+    try:
+        return datasets.load_dataset(str(source), split=split)
+    except Exception as err:  # noqa: BLE001
+        raise LocalnatError(
+            f"input {str(source)!r} is neither a local file or folder nor a Hub dataset available offline "
+            f"({type(err).__name__}). Check the path, or download the dataset first."
+        ) from err
+
+
+def require_columns(ds: Dataset, columns: Iterable[str], source: str, flags: dict[str, str] | None = None) -> None:
+    """Raise a one-line error naming the first missing column, the columns present, and the flag to fix it."""
+    flags = flags or {}
+    for column in columns:
+        if column not in ds.column_names:
+            fix = f" Pass {flags[column]} NAME." if column in flags else ""
+            raise LocalnatError(f"{source}: column {column!r} not found (columns: {', '.join(ds.column_names)}).{fix}")
+
+
+def require_text(ds: Dataset, column: str, source: str, allow_none: bool = True) -> None:
+    """Check that a column holds strings; name the first offending row otherwise."""
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        if allow_none:
+            return
+    for row, value in enumerate(ds[column]):
+        if value is None and allow_none:
+            continue
+        if not isinstance(value, str):
+            raise LocalnatError(
+                f"{source} row {row}, column {column!r}: expected text, got {type(value).__name__} "
+                f"({str(value)[:40]!r}). Fix the row, or pick the text column with --{column.replace('_', '-')}-column."
+            )
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` only if the block succeeds.
+
+    Example:
+        >>> with atomic_file("table.csv") as tmp:  # doctest: +SKIP
+        ...     frame.to_csv(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
+    """Write a dataset atomically; the format follows the suffix (.jsonl/.json/.parquet/.csv), else a folder.
+
+    Example:
+        >>> write_rows(scored, "scored.parquet")  # doctest: +SKIP
+        PosixPath('scored.parquet')
+    """
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix in FILE_FORMATS:
+        with atomic_file(path) as tmp:
+            if suffix == ".jsonl":
+                ds.to_json(str(tmp), lines=True, force_ascii=False)
+            elif suffix == ".json":
+                ds.to_json(str(tmp), lines=False, force_ascii=False)
+            elif suffix == ".parquet":
+                ds.to_parquet(str(tmp))
+            else:
+                ds.to_csv(str(tmp), index=False)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        ds.save_to_disk(str(tmp_dir))
+        replace_dir(tmp_dir, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Move folder ``new`` to ``target``, replacing an existing folder with as short a gap as possible."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)

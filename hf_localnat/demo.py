@@ -1,0 +1,142 @@
+"""``hf-localnat demo``: the whole job on embedded defaults, in a few minutes on a laptop CPU.
+
+Scores the embedded multi-teacher pool with the embedded SmolLM2 student, prints the teacher ranking
+under global and local scoring side by side, selects one response per prompt by local naturalness,
+and writes the selected dataset folder (``data/*.parquet`` + ``README.md``), ready to push.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from . import __version__
+from .data_io import load_rows, replace_dir
+
+if TYPE_CHECKING:
+    from .cli import DemoArguments
+
+DEMO_POOL = "demo_pool.jsonl"
+
+
+def demo_pool_path() -> Path:
+    """Path of the embedded multi-teacher demo pool shipped inside the package."""
+    return Path(str(importlib.resources.files("hf_localnat") / "data" / DEMO_POOL))
+
+
+def side_by_side(tables: dict[str, pd.DataFrame], accuracy: dict[str, float] | None = None) -> str:
+    """Rankings under several metrics as one text table: one column block per metric, best first.
+
+    Example:
+        >>> print(side_by_side({"global": t1, "local": t2}))  # doctest: +SKIP
+    """
+    names = list(tables)
+    width = max(len(str(t)) for table in tables.values() for t in table["teacher"]) + 2
+    header = "rank  " + "".join(f"{name:<{width + 26}}" for name in names)
+    lines = [header, "-" * len(header)]
+    for i in range(max(len(t) for t in tables.values())):
+        cells = []
+        for name in names:
+            row = tables[name].iloc[i]
+            acc = f" acc {accuracy[row['teacher']]:.0%}" if accuracy else ""
+            cells.append(
+                f"{row['teacher']:<{width}}{row['mean']:+.3f} [{row['ci_low']:+.3f},{row['ci_high']:+.3f}]{acc}".ljust(
+                    width + 26 + (8 if accuracy else 0)
+                )
+            )
+        lines.append(f"{i + 1:<6}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def run_demo(args: DemoArguments) -> Path:
+    """Run the demo and return the folder written."""
+    from .cli import build_scorer
+    from .scorer import score_dataset
+    from .selection import rank_teachers, select_responses
+
+    started = time.perf_counter()
+    pool = load_rows(demo_pool_path())
+    if args.limit_prompts is not None:
+        keep = set(list(dict.fromkeys(pool["prompt_id"]))[: args.limit_prompts])
+        pool = pool.filter(lambda row: row["prompt_id"] in keep)
+    print(
+        f"Demo pool: {len(pool)} responses, {len(set(pool['prompt_id']))} prompts, "
+        f"{len(set(pool['teacher']))} teachers ({demo_pool_path().name})"
+    )
+    scorer = build_scorer(args)
+    print(
+        f"Student: {scorer.source.student if scorer.source else 'in-memory'}; "
+        f"metrics {', '.join(scorer.metrics)}; window {scorer.window}; splitter {args.splitter}"
+    )
+    scored = score_dataset(pool, scorer, chunk_rows=16)
+
+    accuracy = (
+        pool.to_pandas().groupby("teacher")["correct"].mean().to_dict() if "correct" in pool.column_names else None
+    )
+    tables = {
+        column: rank_teachers(scored, by=column)
+        for column in ("global_naturalness", "local_naturalness", "rsr")
+        if column in scored.column_names
+    }
+    print("\nTeacher ranking, best first (mean score over prompts [bootstrap 95% CI]; rsr: lower is better):")
+    print(side_by_side(tables, accuracy))
+
+    chosen = {by: select_responses(scored, by=by, group_by="prompt_id", k=1) for by in tables}
+    print("\nSelection (one response per prompt):")
+    for by, rows in chosen.items():
+        shares = Counter(rows["teacher"]).most_common()
+        acc = f", {sum(rows['correct']) / len(rows):.0%} correct" if "correct" in rows.column_names else ""
+        print(f"  by {by:<19} " + ", ".join(f"{t} {n}" for t, n in shares) + acc)
+    if "global_naturalness" in chosen and "local_naturalness" in chosen:
+        winner = {by: dict(zip(chosen[by]["prompt_id"], chosen[by]["teacher"], strict=True)) for by in chosen}
+        common = winner["global_naturalness"].keys() & winner["local_naturalness"].keys()
+        changed = sum(winner["global_naturalness"][p] != winner["local_naturalness"][p] for p in common)
+        print(f"  {changed} of {len(common)} prompts change winner between global and local.")
+
+    selected = chosen["local_naturalness"] if "local_naturalness" in chosen else next(iter(chosen.values()))
+    folder = write_selection_folder(selected, Path(args.output_dir), scorer.config, scorer.source, len(scored))
+    print(
+        f"\nWrote the selected dataset ({len(selected)} rows) to {folder}/ "
+        f"in {time.perf_counter() - started:.0f} s. Load it with datasets.load_dataset({str(folder)!r})."
+    )
+    return folder
+
+
+def write_selection_folder(selected, folder: Path, scorer_config: dict, source, num_scored: int) -> Path:
+    """Write ``data/train-00000-of-00001.parquet``, ``selection.json`` and a short ``README.md``, atomically."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        (tmp / "data").mkdir()
+        selected.to_parquet(str(tmp / "data" / "train-00000-of-00001.parquet"))
+        provenance = {
+            "hf_localnat_version": __version__,
+            "student": source.student if source else None,
+            "student_revision": source.revision if source else None,
+            "scorer": scorer_config,
+            "selection": {"by": "local_naturalness", "group_by": "prompt_id", "k": 1, "where": None},
+            "num_rows_scored": num_scored,
+            "num_rows_selected": len(selected),
+        }
+        (tmp / "selection.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        shares = Counter(selected["teacher"]).most_common()
+        (tmp / "README.md").write_text(
+            "---\ntags: [hf-localnat, distillation, data-selection]\n---\n\n"
+            "# hf_localnat demo selection\n\n"
+            f"One response per prompt, selected by local naturalness under {provenance['student']}.\n\n"
+            "| teacher | selected |\n|---|---|\n"
+            + "".join(f"| {t} | {n} |\n" for t, n in shares)
+            + "\nProvenance: `selection.json`. Reproduce with `hf-localnat demo`.\n"
+        )
+        replace_dir(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,256 @@
+"""The log-prob engine: one memory-bounded forward path under every metric.
+
+A request asks for the student's log-probability of each ``target`` token given ``prefix + context`` and
+the targets before it. Requests that share a ``prefix`` (the prompt: every window of a response, every
+teacher's answer to one prompt) are grouped, the prefix is encoded once into a KV cache, and the
+suffixes run in length-sorted, right-padded batches on top of it under a token budget.
+
+Only hidden states at scored positions go through the output projection, in chunks, with a float32
+log-softmax per chunk, so a ``[batch, tokens, vocab]`` float32 tensor never exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``target`` given ``prefix + context``.
+
+    ``prefix`` is the part shared with other requests (the prompt); it must hold at least one token.
+    ``context`` is this request's own extra context (a window of previous steps); it may be empty.
+
+    Example:
+        >>> ScoreRequest(prefix=(1, 5, 9), context=(7,), target=(3, 4)).num_suffix_tokens
+        4
+    """
+
+    prefix: tuple[int, ...]
+    context: tuple[int, ...]
+    target: tuple[int, ...]
+
+    @property
+    def num_suffix_tokens(self) -> int:
+        # The last prefix token is re-fed with the suffix so every target is predicted from a suffix position.
+        return 1 + len(self.context) + len(self.target)
+
+
+@dataclass
+class TokenScores:
+    """Per-token results of one request: float32 log-probs and, when asked, 1-based ranks (1 = argmax)."""
+
+    logprobs: np.ndarray
+    ranks: np.ndarray | None = None
+
+
+def _final_logit_transform(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the model's own forward does to lm_head outputs (scaling, soft-capping), applied per chunk."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = getattr(config, "logit_scale", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return transform
+
+
+class LogProbEngine:
+    """Per-token log-probs (and ranks) for many requests, with shared prefixes encoded once.
+
+    Args:
+        model: a causal LM (``AutoModelForCausalLM``).
+        max_tokens_per_batch: budget of padded suffix tokens per forward pass.
+        logits_chunk_bytes: budget for one chunk of float32 logits (positions x vocab x 4 bytes).
+
+    Example:
+        >>> engine = LogProbEngine(model)  # doctest: +SKIP
+        >>> [s.logprobs for s in engine.score([ScoreRequest((1, 2), (), (3, 4))])]  # doctest: +SKIP
+        [array([-3.1, -0.7], dtype=float32)]
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        max_tokens_per_batch: int = 4096,
+        logits_chunk_bytes: int = 256 * 2**20,
+        max_batch_size: int = 64,
+    ) -> None:
+        self.model = model
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.logits_chunk_bytes = logits_chunk_bytes
+        self.max_batch_size = max_batch_size
+        self._decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+        self._lm_head = model.get_output_embeddings()
+        self._transform = _final_logit_transform(model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def score(
+        self,
+        requests: Sequence[ScoreRequest],
+        with_ranks: bool | Sequence[bool] = False,
+        on_tokens: Callable[[int], None] | None = None,
+    ) -> list[TokenScores]:
+        """Score every request; results come back in request order.
+
+        ``with_ranks`` is one flag for all requests or one per request. ``on_tokens`` is called with the
+        number of target tokens finished after each forward pass (for progress bars).
+        """
+        if isinstance(with_ranks, bool):
+            with_ranks = [with_ranks] * len(requests)
+        results: list[TokenScores | None] = [None] * len(requests)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, request in enumerate(requests):
+                if not request.prefix:
+                    raise ValueError("ScoreRequest.prefix must hold at least one token (a BOS or the prompt).")
+                if not request.target:
+                    results[i] = TokenScores(np.zeros(0, np.float32), np.zeros(0, np.int64) if with_ranks[i] else None)
+                    continue
+                groups.setdefault(request.prefix, []).append(i)
+            # A prefix used once gains nothing from a cache: fold it into the suffix and batch those freely.
+            solo = [i for prefix, ids in groups.items() if len(ids) == 1 or len(prefix) == 1 for i in ids]
+            self._run_group((), [requests[i] for i in solo], solo, with_ranks, results, on_tokens, fold_prefix=True)
+            for prefix, ids in groups.items():
+                if len(ids) > 1 and len(prefix) > 1:
+                    self._run_group(prefix, [requests[i] for i in ids], ids, with_ranks, results, on_tokens)
+        finally:
+            self.model.train(was_training)
+        return results  # type: ignore[return-value]
+
+    def _run_group(
+        self,
+        prefix: tuple[int, ...],
+        requests: list[ScoreRequest],
+        ids: list[int],
+        with_ranks: Sequence[bool],
+        results: list[TokenScores | None],
+        on_tokens: Callable[[int], None] | None,
+        fold_prefix: bool = False,
+    ) -> None:
+        if not requests:
+            return
+        # Inputs: (cached prefix without its last token) + [last prefix token] + context + target[:-1].
+        if fold_prefix:
+            inputs = [list(r.prefix) + list(r.context) + list(r.target[:-1]) for r in requests]
+            first_scored = [len(r.prefix) - 1 + len(r.context) for r in requests]
+            cache_ids: tuple[int, ...] = ()
+        else:
+            inputs = [[r.prefix[-1], *r.context, *r.target[:-1]] for r in requests]
+            first_scored = [len(r.context) for r in requests]
+            cache_ids = prefix[:-1]
+        cache = self._encode_prefix(cache_ids) if cache_ids else None
+        order = sorted(range(len(requests)), key=lambda j: -len(inputs[j]))
+        for batch in self._pack(order, [len(x) for x in inputs]):
+            self._run_batch(batch, inputs, first_scored, requests, ids, with_ranks, results, cache, len(cache_ids))
+            if on_tokens is not None:
+                on_tokens(sum(len(requests[j].target) for j in batch))
+
+    def _pack(self, order: list[int], lengths: list[int]) -> Iterable[list[int]]:
+        """Greedy length-sorted packing: padded tokens (batch x longest) stay within the budget."""
+        batch: list[int] = []
+        longest = 0
+        for j in order:
+            new_longest = max(longest, lengths[j])
+            if batch and (
+                new_longest * (len(batch) + 1) > self.max_tokens_per_batch or len(batch) >= self.max_batch_size
+            ):
+                yield batch
+                batch, new_longest = [], lengths[j]
+            batch.append(j)
+            longest = new_longest
+        if batch:
+            yield batch
+
+    def _encode_prefix(self, cache_ids: tuple[int, ...]) -> DynamicCache:
+        input_ids = torch.tensor([cache_ids], device=self.device)
+        out = self._decoder(input_ids=input_ids, use_cache=True)
+        return out.past_key_values
+
+    def _expanded_cache(self, cache: DynamicCache, batch_size: int) -> DynamicCache:
+        # expand() shares memory; the forward pass concatenates new keys onto a fresh tensor per layer,
+        # so the prefix cache itself is never modified and can serve the next batch.
+        layers = [
+            (layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
+            for layer in cache.layers
+        ]
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+    def _run_batch(
+        self,
+        batch: list[int],
+        inputs: list[list[int]],
+        first_scored: list[int],
+        requests: list[ScoreRequest],
+        ids: list[int],
+        with_ranks: Sequence[bool],
+        results: list[TokenScores | None],
+        cache: DynamicCache | None,
+        cache_len: int,
+    ) -> None:
+        width = max(len(inputs[j]) for j in batch)
+        # Right padding needs no attention mask: causal attention never lets a real token see a later pad.
+        pad = inputs[batch[0]][0]
+        input_ids = torch.tensor([inputs[j] + [pad] * (width - len(inputs[j])) for j in batch], device=self.device)
+        kwargs = {}
+        if cache is not None:
+            kwargs["past_key_values"] = self._expanded_cache(cache, len(batch))
+            kwargs["position_ids"] = torch.arange(cache_len, cache_len + width, device=self.device).expand(
+                len(batch), -1
+            )
+        hidden = self._decoder(input_ids=input_ids, use_cache=cache is not None, **kwargs).last_hidden_state
+
+        rows, cols, targets = [], [], []
+        for b, j in enumerate(batch):
+            n = len(requests[j].target)
+            rows.extend([b] * n)
+            cols.extend(range(first_scored[j], first_scored[j] + n))
+            targets.extend(requests[j].target)
+        scored_hidden = hidden[torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)]
+        need_ranks = any(with_ranks[ids[j]] for j in batch)
+        logprobs, ranks = self.token_logprobs(scored_hidden, torch.tensor(targets, device=hidden.device), need_ranks)
+
+        start = 0
+        for j in batch:
+            n = len(requests[j].target)
+            lp = logprobs[start : start + n]
+            rk = ranks[start : start + n] if (ranks is not None and with_ranks[ids[j]]) else None
+            results[ids[j]] = TokenScores(lp, rk)
+            start += n
+
+    def token_logprobs(
+        self, hidden: torch.Tensor, targets: torch.Tensor, with_ranks: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log-prob (and rank) of ``targets[i]`` from final hidden state ``hidden[i]``, in vocab chunks.
+
+        The output projection runs on at most ``logits_chunk_bytes`` of float32 logits at a time.
+        """
+        vocab = self._lm_head.weight.shape[0]
+        chunk = max(1, self.logits_chunk_bytes // (4 * vocab))
+        logprobs = np.empty(len(targets), dtype=np.float32)
+        ranks = np.empty(len(targets), dtype=np.int64) if with_ranks else None
+        for s in range(0, len(targets), chunk):
+            logits = self._transform(self._lm_head(hidden[s : s + chunk]).float())
+            tgt = targets[s : s + chunk]
+            target_logit = logits.gather(1, tgt[:, None])
+            logprobs[s : s + chunk] = (target_logit[:, 0] - torch.logsumexp(logits, dim=-1)).cpu().numpy()
+            if ranks is not None:
+                ranks[s : s + chunk] = (1 + (logits > target_logit).sum(dim=-1)).cpu().numpy()
+            del logits
+        return logprobs, ranks

@@ -1,0 +1,205 @@
+"""The naturalness metrics: how a response becomes engine requests, and how token log-probs become scores.
+
+- ``global_naturalness`` (GRAPE): mean log p of every response token given the prompt and all earlier tokens.
+- ``local_naturalness`` (LALP): per step, the mean log p of its tokens given the prompt and only the
+  ``window`` previous steps; then the mean over steps (or over tokens with ``step_aggregate="token_mean"``).
+- ``rsr`` (Rank-Surprisal Ratio): sum of min(rank, 100) over response tokens divided by their summed
+  surprisal (-log p), full context. Lower is better.
+
+A step whose window already reaches back to the start of the response sees exactly the full context, so
+its log-probs are read from the full-context pass instead of being recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from .engine import ScoreRequest, TokenScores
+from .errors import LocalnatError
+
+METRIC_COLUMNS = {"global": "global_naturalness", "local": "local_naturalness", "rsr": "rsr"}
+RSR_RANK_CAP = 100
+STEP_AGGREGATES = ("step_mean", "token_mean")
+FALLBACK_PROMPT_FORMAT = "Question: {prompt}\nAnswer: "
+
+
+def normalize_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
+    """Canonical short metric names from a list or a comma-separated string (short or column names).
+
+    Example:
+        >>> normalize_metrics("local_naturalness, rsr")
+        ('local', 'rsr')
+    """
+    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
+    by_column = {column: short for short, column in METRIC_COLUMNS.items()}
+    out: list[str] = []
+    for name in names:
+        short = by_column.get(name, name)
+        if short not in METRIC_COLUMNS:
+            raise LocalnatError(f"unknown metric {name!r}. Use any of: global, local, rsr (comma-separated).")
+        if short not in out:
+            out.append(short)
+    if not out:
+        raise LocalnatError("no metric requested. Use any of: global, local, rsr.")
+    return tuple(sorted(out, key=list(METRIC_COLUMNS).index))
+
+
+def validate_window(window: int | float) -> int | float:
+    """Check a window: an int >= 1 (previous steps), or a float in (0, 1) (that fraction of them, rounded up).
+
+    Example:
+        >>> validate_window(4), validate_window(0.5)
+        (4, 0.5)
+    """
+    if isinstance(window, bool) or not isinstance(window, int | float):
+        raise LocalnatError(f"window={window!r} is not a number. Use an int >= 1 or a float in (0, 1).")
+    if isinstance(window, float) and window.is_integer() and window >= 1:
+        window = int(window)
+    if isinstance(window, int) and window < 1:
+        raise LocalnatError(f"window={window} is invalid: a step needs at least one previous step. Use an int >= 1.")
+    if isinstance(window, float) and not 0 < window < 1:
+        raise LocalnatError(f"window={window} is invalid. Use an int >= 1 or a float in (0, 1) for a fraction.")
+    return window
+
+
+def window_size(window: int | float, num_preceding: int) -> int:
+    """How many previous steps step ``num_preceding`` sees.
+
+    Example:
+        >>> [window_size(0.5, j) for j in range(5)], window_size(4, 10)
+        ([0, 1, 1, 2, 2], 4)
+    """
+    if isinstance(window, float):
+        # The epsilon keeps 0.3 * 10 (= 3.0000000000000004) from rounding up to 4.
+        return min(num_preceding, math.ceil(window * num_preceding - 1e-9))
+    return min(num_preceding, window)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The student's context for a prompt: its chat template with one user turn and the generation prompt.
+
+    Without a chat template: ``"Question: {prompt}\\nAnswer: "`` after the BOS token, if there is one.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = list(tokenizer(FALLBACK_PROMPT_FORMAT.format(prompt=prompt), add_special_tokens=False)["input_ids"])
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def start_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The context used when ``include_prompt=False``: the BOS token (EOS for tokenizers without one)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise LocalnatError("include_prompt=False needs a BOS or EOS token, and this tokenizer has neither.")
+    return [token]
+
+
+@dataclass
+class RowPlan:
+    """The requests one response needs, and where each step's log-probs will come from."""
+
+    num_tokens: int
+    step_tokens: list[tuple[int, int]]  # [start, end) token indices of each scored step
+    step_spans: list[tuple[int, int]]  # [start, end) character spans of the same steps
+    full: int | None = None  # request index: prompt + every response token (global, rsr)
+    covered: int | None = None  # request index: the steps whose window reaches the start, in one pass
+    num_covered_steps: int = 0
+    windows: dict[int, int] = field(default_factory=dict)  # step -> request index
+
+
+def plan_row(
+    prompt: list[int],
+    response_ids: list[int],
+    token_starts: Sequence[int],
+    spans: Sequence[tuple[int, int]],
+    metrics: tuple[str, ...],
+    window: int | float,
+    include_prompt: bool,
+    bos: list[int],
+    requests: list[ScoreRequest],
+) -> RowPlan:
+    """Append this row's requests to ``requests`` and return its plan."""
+    from .segmentation import assign_tokens_to_steps
+
+    step_of_token = assign_tokens_to_steps(token_starts, spans)
+    step_tokens: list[tuple[int, int]] = []
+    step_spans: list[tuple[int, int]] = []
+    previous = -1
+    for t, s in enumerate(step_of_token):
+        if s == previous:
+            step_tokens[-1] = (step_tokens[-1][0], t + 1)
+        else:  # a step that no token starts in never appears here: it is skipped
+            step_tokens.append((t, t + 1))
+            step_spans.append((int(spans[s][0]), int(spans[s][1])))
+            previous = s
+    plan = RowPlan(len(response_ids), step_tokens, step_spans)
+    if not response_ids:
+        return plan
+    ids = tuple(response_ids)
+    prefix = tuple(prompt)
+    if "global" in metrics or "rsr" in metrics:
+        plan.full = len(requests)
+        requests.append(ScoreRequest(prefix, (), ids))
+    if "local" in metrics:
+        sizes = [window_size(window, j) for j in range(len(step_tokens))]
+        plan.num_covered_steps = next((j for j, w in enumerate(sizes) if w < j), len(sizes))
+        covered_end = step_tokens[plan.num_covered_steps - 1][1]
+        local_prefix = prefix if include_prompt else tuple(bos)
+        if include_prompt and plan.full is not None:
+            plan.covered = plan.full
+        else:
+            plan.covered = len(requests)
+            requests.append(ScoreRequest(local_prefix, (), ids[:covered_end]))
+        for j in range(plan.num_covered_steps, len(step_tokens)):
+            context_start = step_tokens[j - sizes[j]][0]
+            start, end = step_tokens[j]
+            plan.windows[j] = len(requests)
+            requests.append(ScoreRequest(local_prefix, ids[context_start:start], ids[start:end]))
+    return plan
+
+
+def row_metrics(
+    plan: RowPlan,
+    results: Sequence[TokenScores],
+    metrics: tuple[str, ...],
+    step_aggregate: str = "step_mean",
+    drop_first_token: bool = False,
+) -> tuple[dict[str, float | None], list[float | None]]:
+    """Turn the engine's results for one row into metric values and per-step mean log-probs."""
+    values: dict[str, float | None] = {METRIC_COLUMNS[m]: None for m in metrics}
+    step_means: list[float | None] = []
+    if plan.num_tokens == 0:
+        return values, step_means
+    if plan.full is not None:
+        full = results[plan.full]
+        logprobs = full.logprobs.astype(np.float64)
+        if "global" in metrics:
+            values["global_naturalness"] = float(logprobs.mean())
+        if "rsr" in metrics:
+            surprisal = float(-logprobs.sum())
+            capped = float(np.minimum(full.ranks, RSR_RANK_CAP).sum())
+            values["rsr"] = capped / surprisal if surprisal > 0 else None
+    if "local" in metrics:
+        per_step: list[np.ndarray] = []
+        for j, (start, end) in enumerate(plan.step_tokens):
+            if j < plan.num_covered_steps:
+                lp = results[plan.covered].logprobs[start:end]
+            else:
+                lp = results[plan.windows[j]].logprobs
+            per_step.append(lp[1:] if drop_first_token else lp)
+        step_means = [float(lp.astype(np.float64).mean()) if len(lp) else None for lp in per_step]
+        kept = [m for m in step_means if m is not None]
+        if step_aggregate == "token_mean":
+            tokens = np.concatenate(per_step).astype(np.float64)
+            values["local_naturalness"] = float(tokens.mean()) if len(tokens) else None
+        else:
+            values["local_naturalness"] = float(np.mean(kept)) if kept else None
+    return values, step_means

@@ -1,0 +1,699 @@
+"""Choose responses and rank teachers from scored rows.
+
+- :func:`select_responses`: the best ``k`` responses per group (prompt) by a score column, after an optional
+  row filter (``where``). Unscorable rows (score ``None``/NaN) are never selected; groups left without any
+  valid score are reported (a logged warning and :class:`SelectionReport`), not silently dropped.
+- :func:`rank_teachers`: one row per teacher with its mean score over prompts, a bootstrap confidence
+  interval and its win rate on the prompts every teacher answered; :func:`format_ranking` prints it.
+- :func:`compile_where`: a safe evaluator for filter strings such as ``"correct == True and num_steps >= 3"``.
+
+Naturalness scores are mean log-probs (higher is better); ``rsr`` is lower-is-better
+(:func:`is_higher_better`).
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import operator
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from .errors import LocalnatError
+
+logger = logging.getLogger(__name__)
+
+RANK_COLUMN = "selection_rank"
+RANKING_COLUMNS = [
+    "rank", "teacher", "mean", "ci_low", "ci_high", "num_prompts", "win_rate", "num_common_prompts",
+]
+
+# Substrings of metric names whose direction is known. A name matching both lists is ambiguous.
+_HIGHER_IS_BETTER = ("naturalness", "logprob", "log_prob", "logp", "lalp", "grape", "likelihood")
+_LOWER_IS_BETTER = ("rsr", "surprisal", "perplexity", "ppl", "nll", "loss", "neg_log", "negative_log")
+_NUMERIC_DTYPE_PREFIXES = ("int", "uint", "float", "double", "half", "decimal", "null")
+_MAX_LISTED_KEYS = 5
+_BOOTSTRAP_CHUNK_VALUES = 4_000_000  # resampled values held in memory at once
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metric direction
+# ----------------------------------------------------------------------------------------------------------
+
+
+def is_higher_better(metric: str) -> bool:
+    """Whether a higher value of ``metric`` is better, from its name.
+
+    Naturalness and other log-prob-like scores are higher-is-better; ``rsr``, surprisal, perplexity, NLL and
+    loss are lower-is-better. Any other name raises :class:`LocalnatError`: pass ``higher_is_better``.
+
+    Example:
+        >>> is_higher_better("local_naturalness"), is_higher_better("rsr")
+        (True, False)
+    """
+    name = str(metric).lower()
+    higher = any(part in name for part in _HIGHER_IS_BETTER)
+    lower = any(part in name for part in _LOWER_IS_BETTER)
+    if higher != lower:
+        return higher
+    why = "is ambiguous" if higher else "is not a known metric"
+    raise LocalnatError(
+        f"metric {metric!r} {why}, so the better direction is unknown. "
+        "Pass higher_is_better=True or False (CLI: --higher_is_better true|false)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Safe --where expressions
+# ----------------------------------------------------------------------------------------------------------
+
+_UNKNOWN = None  # three-valued logic: a condition on a missing value is unknown, and unknown never matches
+
+_ORDERING = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
+_COMPARE_SYMBOLS = {
+    ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
+    ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not",
+}
+_LITERAL_TYPES = (str, int, float, bool, type(None))
+_LONE_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
+_WHERE_HELP = 'Use comparisons of columns with literals joined by and/or/not, e.g. "correct == True".'
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``is`` for the singletons None/True/False; equality otherwise (identity of numbers is meaningless)."""
+    if a is None or b is None or isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+class _WhereExpression:
+    """A compiled ``--where`` string: call it with a row dict; ``columns`` lists the columns it reads."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.columns: list[str] = []
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SyntaxWarning)  # e.g. "x is 3"
+                tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as err:
+            hint = "; compare with ==" if _LONE_EQUALS.search(text) else ""
+            message = f"--where {text!r}: cannot parse it ({err.msg}{hint}). {_WHERE_HELP}"
+            raise LocalnatError(message) from None
+        self._condition = self._compile_condition(tree.body)
+
+    def __call__(self, row: dict) -> bool:
+        return self._condition(row) is True
+
+    def __repr__(self) -> str:
+        return f"where({self.text!r})"
+
+    # -- compilation ---------------------------------------------------------------------------------------
+
+    def _unsupported(self, node: ast.AST, hint: str = "") -> LocalnatError:
+        return LocalnatError(
+            f"--where {self.text!r}: unsupported expression {type(node).__name__} "
+            f"`{ast.unparse(node)}`{hint}. {_WHERE_HELP}"
+        )
+
+    def _compile_condition(self, node: ast.AST) -> Callable[[dict], bool | None]:
+        """A node used as a truth value -> row -> True / False / None (unknown)."""
+        if isinstance(node, ast.BoolOp):
+            parts = [self._compile_condition(value) for value in node.values]
+            return _kleene_and(parts) if isinstance(node.op, ast.And) else _kleene_or(parts)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            inner = self._compile_condition(node.operand)
+
+            def negate(row: dict) -> bool | None:
+                value = inner(row)
+                return _UNKNOWN if value is _UNKNOWN else not value
+
+            return negate
+        if isinstance(node, ast.Compare):
+            return self._compile_compare(node)
+        if isinstance(node, ast.Name | ast.Constant):
+            value_of = self._compile_value(node)
+
+            def truth(row: dict) -> bool | None:
+                value = value_of(row)
+                return _UNKNOWN if _is_missing(value) else bool(value)
+
+            return truth
+        raise self._unsupported(node)
+
+    def _compile_value(self, node: ast.AST) -> Callable[[dict], Any]:
+        """A comparison operand: a column name or a literal -> row -> value."""
+        if isinstance(node, ast.Name):
+            name = node.id
+            if name not in self.columns:
+                self.columns.append(name)
+            text = self.text
+
+            def column(row: dict) -> Any:
+                try:
+                    return row[name]
+                except KeyError:
+                    raise LocalnatError(
+                        f"--where {text!r}: unknown column {name!r} (columns: {', '.join(map(str, row))})."
+                    ) from None
+
+            return column
+        literal = self._literal(node)
+        return lambda row: literal
+
+    def _literal(self, node: ast.AST, inside: bool = False) -> Any:
+        if isinstance(node, ast.Constant) and isinstance(node.value, _LITERAL_TYPES):
+            return node.value
+        if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
+                and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float)):
+            return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+        if isinstance(node, ast.List | ast.Tuple | ast.Set) and not inside:
+            return tuple(self._literal(element, inside=True) for element in node.elts)
+        raise self._unsupported(node, " (lists may hold only literals)" if inside else "")
+
+    def _compile_compare(self, node: ast.Compare) -> Callable[[dict], bool | None]:
+        operands = [self._compile_value(node.left)] + [self._compile_value(c) for c in node.comparators]
+        ops = list(node.ops)
+        for op in ops:
+            if type(op) not in _COMPARE_SYMBOLS:
+                raise self._unsupported(node)
+        text = self.text
+
+        def compare(row: dict) -> bool | None:
+            result: bool | None = True
+            left = operands[0](row)
+            for op, right_of in zip(ops, operands[1:], strict=True):
+                right = right_of(row)
+                outcome = _compare_pair(op, left, right, text)
+                if outcome is False:
+                    return False
+                if outcome is _UNKNOWN:
+                    result = _UNKNOWN
+                left = right
+            return result
+
+        return compare
+
+
+def _compare_pair(op: ast.cmpop, left: Any, right: Any, text: str) -> bool | None:
+    kind = type(op)
+    if kind is ast.Eq:
+        return left == right
+    if kind is ast.NotEq:
+        return left != right
+    if kind is ast.Is:
+        return _same(left, right)
+    if kind is ast.IsNot:
+        return not _same(left, right)
+    if kind in _ORDERING:
+        if _is_missing(left) or _is_missing(right):
+            return _UNKNOWN
+        try:
+            return bool(_ORDERING[kind](left, right))
+        except TypeError:
+            raise _type_error(text, left, _COMPARE_SYMBOLS[kind], right) from None
+    # in / not in
+    if right is None:
+        return _UNKNOWN
+    try:
+        found = left in right
+    except TypeError:
+        raise _type_error(text, left, _COMPARE_SYMBOLS[kind], right) from None
+    return found if kind is ast.In else not found
+
+
+def _type_error(text: str, left: Any, symbol: str, right: Any) -> LocalnatError:
+    return LocalnatError(
+        f"--where {text!r}: cannot evaluate {left!r} {symbol} {right!r} "
+        f"({type(left).__name__} {symbol} {type(right).__name__}). "
+        "Compare a column with a literal of its type."
+    )
+
+
+def _kleene_and(parts: list[Callable[[dict], bool | None]]) -> Callable[[dict], bool | None]:
+    def both(row: dict) -> bool | None:
+        result: bool | None = True
+        for part in parts:
+            value = part(row)
+            if value is False:
+                return False
+            if value is _UNKNOWN:
+                result = _UNKNOWN
+        return result
+
+    return both
+
+
+def _kleene_or(parts: list[Callable[[dict], bool | None]]) -> Callable[[dict], bool | None]:
+    def either(row: dict) -> bool | None:
+        result: bool | None = False
+        for part in parts:
+            value = part(row)
+            if value is True:
+                return True
+            if value is _UNKNOWN:
+                result = _UNKNOWN
+        return result
+
+    return either
+
+
+def compile_where(where: str | Callable[[dict], bool] | None) -> Callable[[dict], bool] | None:
+    """Turn a ``--where`` filter into a row predicate, safely: strings are parsed with ``ast``, never eval'd.
+
+    A string may use column names, literals (strings, numbers, True/False/None, lists/tuples of them),
+    comparisons (``== != < <= > >= in not in is is not``) and ``and``/``or``/``not``. A bare column is
+    tested for truth (``"not correct"``). Comparisons with a missing value (``None``/NaN) under ``< <= > >=``
+    or ``in`` are unknown, and a row whose condition is unknown does not match (also under ``not``), as in
+    SQL; ``== None`` / ``is None`` test for missing values explicitly. A callable is returned as is; ``None``
+    or an empty string means no filter.
+
+    Example:
+        >>> keep = compile_where("teacher in ['a', 'b'] and num_steps >= 3")
+        >>> keep({"teacher": "a", "num_steps": 4}), keep({"teacher": "c", "num_steps": 4})
+        (True, False)
+        >>> compile_where("not correct")({"correct": False})
+        True
+    """
+    if where is None:
+        return None
+    if isinstance(where, str):
+        return _WhereExpression(where) if where.strip() else None
+    if callable(where):
+        return where
+    raise LocalnatError(
+        f"where={where!r}: expected a string such as \"correct == True\", a callable(row) -> bool, or None."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Column access
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _require_columns(dataset: datasets.Dataset, columns: dict[str, str]) -> None:
+    """``columns``: name -> argument that names it. Raise naming the first missing one and those present."""
+    for column, argument in columns.items():
+        if column not in dataset.column_names:
+            raise LocalnatError(
+                f"{argument}={column!r}: no such column (columns: {', '.join(dataset.column_names)}). "
+                f"Pass {argument} with one of them."
+            )
+
+
+def _column(dataset: datasets.Dataset, name: str) -> list:
+    return list(dataset.with_format(None)[name][:])
+
+
+def _scores(dataset: datasets.Dataset, by: str) -> np.ndarray:
+    """The score column as float64, with None -> NaN. Non-numeric columns are a user error."""
+    feature = dataset.features[by]
+    dtype = getattr(feature, "dtype", None)
+    if not isinstance(feature, datasets.Value) or not str(dtype).startswith(_NUMERIC_DTYPE_PREFIXES):
+        raise LocalnatError(
+            f"by={by!r}: the column holds {dtype or type(feature).__name__}, not numbers. "
+            "Pass by= a score column such as local_naturalness, global_naturalness or rsr."
+        )
+    values = _column(dataset, by)
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _group_codes(keys: Sequence, column: str) -> tuple[np.ndarray, list]:
+    """Integer codes in order of first appearance, and the key of each code."""
+    mapping: dict = {}
+    try:
+        codes = np.fromiter((mapping.setdefault(key, len(mapping)) for key in keys), dtype=np.int64,
+                            count=len(keys))
+    except TypeError:
+        kind = next(type(key).__name__ for key in keys if not _hashable(key))
+        raise LocalnatError(
+            f"column {column!r} holds {kind} values, which cannot name a group. Group by a column of ids "
+            "(strings or ints)."
+        ) from None
+    return codes, list(mapping)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _rows(dataset: datasets.Dataset, columns: list[str] | None, batch_size: int = 1000) -> Iterator[dict]:
+    """Row dicts, read a batch at a time (``columns=None``: every column)."""
+    plain = dataset.with_format(None)
+    if columns is not None:
+        if not columns:
+            yield from ({} for _ in range(len(plain)))
+            return
+        plain = plain.select_columns(columns)
+    for batch in plain.iter(batch_size=batch_size):
+        names = list(batch)
+        for values in zip(*(batch[name] for name in names), strict=True):
+            yield dict(zip(names, values, strict=True))
+
+
+def _where_mask(dataset: datasets.Dataset, where: str | Callable | None) -> np.ndarray | None:
+    predicate = compile_where(where)
+    if predicate is None:
+        return None
+    columns = predicate.columns if isinstance(predicate, _WhereExpression) else None
+    if columns is not None:
+        for column in columns:
+            if column not in dataset.column_names:
+                raise LocalnatError(
+                    f"--where {predicate.text!r}: unknown column {column!r} "
+                    f"(columns: {', '.join(dataset.column_names)})."
+                )
+    rows = _rows(dataset, columns)
+    return np.fromiter((bool(predicate(row)) for row in rows), dtype=bool, count=len(dataset))
+
+
+def _check_direction(higher_is_better: bool | None, by: str) -> bool:
+    if higher_is_better is None:
+        return is_higher_better(by)
+    if not isinstance(higher_is_better, bool | np.bool_):
+        raise LocalnatError(f"higher_is_better={higher_is_better!r}: use True, False or None (by the name).")
+    return bool(higher_is_better)
+
+
+def _preview(keys: Sequence) -> str:
+    shown = ", ".join(repr(key) for key in keys[:_MAX_LISTED_KEYS])
+    return shown + (", ..." if len(keys) > _MAX_LISTED_KEYS else "")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _select_with_rank(dataset: datasets.Dataset, indices: list[int], ranks: list[int]) -> datasets.Dataset:
+    """``dataset.select(indices)`` plus an int64 ``selection_rank`` column (replacing an existing one).
+
+    ``add_column`` on a dataset with an indices mapping (a ``select`` result) first rewrites it row by row, so
+    when the input has no mapping the rank column is added to the whole input (an Arrow append) before the
+    lazy ``select``: about 10x faster on large inputs, same rows, columns and features.
+    """
+    if RANK_COLUMN in dataset.column_names:
+        dataset = dataset.remove_columns(RANK_COLUMN)
+    feature = datasets.Value("int64")
+    if getattr(dataset, "_indices", None) is not None:
+        return dataset.select(indices).add_column(RANK_COLUMN, ranks, feature=feature)
+    full = np.zeros(len(dataset), dtype=np.int64)
+    full[indices] = ranks
+    return dataset.add_column(RANK_COLUMN, full, feature=feature).select(indices)
+
+
+@dataclass
+class SelectionReport:
+    """What :func:`select_responses` did: rows and groups before/after the filter, and groups left unscored.
+
+    ``num_groups`` counts the groups with at least one row passing ``where``; ``groups_without_score`` lists
+    those of them whose rows all have a missing (None/NaN) score, in order of first appearance. They get no
+    row in the output; ``num_groups_selected`` counts the others.
+
+    Example:
+        >>> report = SelectionReport(num_rows=6, num_rows_after_where=5, num_groups=3, num_groups_selected=2,
+        ...                          groups_without_score=["p3"], num_rows_selected=2, by="rsr", k=1,
+        ...                          higher_is_better=False)
+        >>> print(report.summary())
+        Selected 2 rows (top 1 per group by rsr, lower is better) from 2 of 3 groups; 5 of 6 rows passed where
+        1 group(s) had no valid rsr score and got no row: 'p3'.
+    """
+
+    num_rows: int
+    num_rows_after_where: int
+    num_groups: int
+    num_groups_selected: int
+    groups_without_score: list = field(default_factory=list)
+    num_rows_selected: int = 0
+    by: str = ""
+    k: int = 1
+    higher_is_better: bool = True
+
+    def summary(self) -> str:
+        """One line, plus a second naming the groups without a valid score when there are any."""
+        direction = "higher" if self.higher_is_better else "lower"
+        line = (
+            f"Selected {self.num_rows_selected} rows (top {self.k} per group by {self.by}, "
+            f"{direction} is better) from {self.num_groups_selected} of {self.num_groups} groups"
+        )
+        if self.num_rows_after_where != self.num_rows:
+            line += f"; {self.num_rows_after_where} of {self.num_rows} rows passed where"
+        else:
+            line += f" ({self.num_rows} rows)"
+        if self.groups_without_score:
+            line += (
+                f"\n{len(self.groups_without_score)} group(s) had no valid {self.by} score and got no row: "
+                f"{_preview(self.groups_without_score)}."
+            )
+        return line
+
+
+def select_responses(
+    dataset: datasets.Dataset,
+    by: str = "local_naturalness",
+    group_by: str = "prompt_id",
+    k: int = 1,
+    higher_is_better: bool | None = None,
+    where: str | Callable[[dict], bool] | None = None,
+    return_report: bool = False,
+) -> datasets.Dataset | tuple[datasets.Dataset, SelectionReport]:
+    """Keep the best ``k`` rows of each group by the score column ``by``.
+
+    Rows are first filtered by ``where`` (see :func:`compile_where`). Rows whose score is None/NaN are never
+    selected; groups left with no valid score are logged as a warning and listed in the report. Equal scores
+    go to the earlier row. The result keeps every column and its type, plus an int64 ``selection_rank``
+    (1..k within the group; an existing ``selection_rank`` column is replaced). Groups come in order of
+    first appearance in ``dataset``, then by rank.
+
+    Args:
+        dataset: scored rows.
+        by: score column. Direction from its name (:func:`is_higher_better`) unless ``higher_is_better``.
+        group_by: column naming the group (the prompt).
+        k: rows kept per group, an int >= 1.
+        higher_is_better: override the direction of ``by``.
+        where: row filter: a string such as ``"correct == True"``, a callable(row dict) -> bool, or None.
+        return_report: also return a :class:`SelectionReport`.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1", "p2"], "teacher": ["a", "b", "a"],
+        ...                                  "local_naturalness": [-1.2, -0.8, None]})
+        >>> best, report = select_responses(ds, k=1, return_report=True)
+        >>> best["teacher"][:], best["selection_rank"][:], report.groups_without_score
+        (['b'], [1], ['p2'])
+    """
+    _require_columns(dataset, {by: "by", group_by: "group_by"})
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise LocalnatError(f"k={k!r}: the number of rows kept per group must be an int >= 1.")
+    k = int(k)
+    higher = _check_direction(higher_is_better, by)
+
+    scores = _scores(dataset, by)
+    codes, keys = _group_codes(_column(dataset, group_by), group_by)
+    passed = _where_mask(dataset, where)
+    if passed is None:
+        passed = np.ones(len(dataset), dtype=bool)
+    valid = passed & ~np.isnan(scores)
+
+    groups_present = np.unique(codes[passed])  # sorted codes = order of first appearance
+    groups_scored = np.unique(codes[valid])
+    without = [keys[code] for code in np.setdiff1d(groups_present, groups_scored, assume_unique=True)]
+    if without:
+        logger.warning(
+            "%d group(s) of %r have no valid %r score (all None/NaN%s) and get no selected row: %s",
+            len(without), group_by, by, " after the where filter" if where is not None else "",
+            _preview(without),
+        )
+
+    rows = np.flatnonzero(valid)
+    key = -scores[rows] if higher else scores[rows]
+    order = np.lexsort((rows, key, codes[rows]))  # by group, then score, then original row index
+    rows, row_codes = rows[order], codes[rows][order]
+    positions = np.arange(len(rows))
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = row_codes[1:] != row_codes[:-1]
+    ranks = positions - np.maximum.accumulate(np.where(starts, positions, 0)) + 1
+    keep = ranks <= k
+    indices, ranks = rows[keep].tolist(), ranks[keep].tolist()
+
+    selected = _select_with_rank(dataset, indices, ranks)
+    if not return_report:
+        return selected
+    report = SelectionReport(
+        num_rows=len(dataset),
+        num_rows_after_where=int(passed.sum()),
+        num_groups=len(groups_present),
+        num_groups_selected=len(groups_scored),
+        groups_without_score=without,
+        num_rows_selected=len(indices),
+        by=by,
+        k=k,
+        higher_is_better=higher,
+    )
+    return selected, report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teacher ranking
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values``, resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    chunk = max(1, _BOOTSTRAP_CHUNK_VALUES // max(n, 1))
+    means = np.empty(n_bootstrap, dtype=np.float64)
+    for start in range(0, n_bootstrap, chunk):
+        size = min(chunk, n_bootstrap - start)
+        means[start:start + size] = values[rng.integers(0, n, size=(size, n))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def rank_teachers(
+    dataset: datasets.Dataset,
+    by: str = "local_naturalness",
+    teacher_column: str = "teacher",
+    group_by: str = "prompt_id",
+    higher_is_better: bool | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Rank teachers by their mean score over prompts, best first.
+
+    Rows with a None/NaN score are ignored; a teacher's repeated answers to one prompt are first averaged
+    (teacher-prompt mean). Per teacher: ``mean`` over its prompts of those means; ``ci_low``/``ci_high``, a
+    percentile bootstrap CI (``n_bootstrap`` resamples of its prompt means, ``numpy.random.default_rng(seed)``
+    fresh for each teacher, so a teacher's CI does not depend on the others); ``num_prompts``; ``win_rate``,
+    the share of the ``num_common_prompts`` prompts answered by every ranked teacher on which it has the
+    best teacher-prompt mean (ties split evenly; NaN when there is no common prompt). Teachers without any
+    valid score are left out, with a warning. ``rank`` 1 is best; equal means are ordered by teacher name.
+    ``table.attrs`` holds ``by``, ``higher_is_better`` and ``confidence`` (used by :func:`format_ranking`).
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1", "p2", "p2"], "teacher": ["a", "b"] * 2,
+        ...                                  "rsr": [2.0, 3.0, 2.5, 2.0]})
+        >>> table = rank_teachers(ds, by="rsr", n_bootstrap=100)
+        >>> table[["rank", "teacher", "mean", "win_rate"]].values.tolist()
+        [[1, 'a', 2.25, 0.5], [2, 'b', 2.5, 0.5]]
+    """
+    _require_columns(dataset, {by: "by", teacher_column: "teacher_column", group_by: "group_by"})
+    higher = _check_direction(higher_is_better, by)
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
+        raise LocalnatError(f"n_bootstrap={n_bootstrap!r}: use an int >= 1 (e.g. 1000).")
+    if not isinstance(confidence, int | float) or not 0.0 < confidence < 1.0:
+        raise LocalnatError(f"confidence={confidence!r}: use a number in (0, 1), e.g. 0.95.")
+
+    scores = _scores(dataset, by)
+    teacher_codes, teachers = _group_codes(_column(dataset, teacher_column), teacher_column)
+    prompt_codes, _ = _group_codes(_column(dataset, group_by), group_by)
+    valid = ~np.isnan(scores)
+    frame = pd.DataFrame(
+        {"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], "score": scores[valid]}
+    )
+    means = frame.groupby(["teacher", "prompt"], sort=True)["score"].mean()  # teacher-prompt means
+
+    scored_codes = set(means.index.get_level_values("teacher").tolist())
+    ranked_codes = sorted(scored_codes)
+    unscored = [teacher for code, teacher in enumerate(teachers) if code not in scored_codes]
+    if unscored:
+        logger.warning("%d teacher(s) have no valid %r score and are left out of the ranking: %s",
+                       len(unscored), by, _preview(unscored))
+    if not ranked_codes:
+        raise LocalnatError(f"by={by!r}: no row has a valid (non-None, non-NaN) score; nothing to rank.")
+
+    table = means.unstack("teacher")  # prompts x teachers, NaN where a teacher did not answer
+    common = table[table.notna().all(axis=1)]
+    if len(common):
+        best = common.max(axis=1) if higher else common.min(axis=1)
+        is_best = common.eq(best, axis=0)
+        wins = is_best.div(is_best.sum(axis=1), axis=0).sum(axis=0) / len(common)
+    else:
+        wins = pd.Series(np.nan, index=table.columns)
+
+    records = []
+    for code in ranked_codes:
+        values = table[code].dropna().to_numpy(dtype=np.float64)
+        low, high = _bootstrap_ci(values, int(n_bootstrap), float(confidence), seed)
+        records.append({
+            "teacher": teachers[code], "mean": float(values.mean()), "ci_low": low, "ci_high": high,
+            "num_prompts": len(values), "win_rate": float(wins[code]), "num_common_prompts": len(common),
+        })
+    records.sort(key=lambda r: (-r["mean"] if higher else r["mean"], str(r["teacher"])))
+    for rank, record in enumerate(records, start=1):
+        record["rank"] = rank
+    result = pd.DataFrame(records, columns=RANKING_COLUMNS)
+    result.attrs.update(by=by, higher_is_better=higher, confidence=float(confidence))
+    return result
+
+
+def format_ranking(table: pd.DataFrame) -> str:
+    """A fixed-width text table of a :func:`rank_teachers` result, for the terminal.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1"], "teacher": ["a", "b"],
+        ...                                  "rsr": [2.0, 3.0]})
+        >>> print(format_ranking(rank_teachers(ds, by="rsr", n_bootstrap=10)))
+        Teachers ranked by rsr (lower is better); 95% bootstrap CI over prompts.
+        rank  teacher    mean  95% CI            prompts  win rate
+        ----  -------  ------  ----------------  -------  --------
+           1  a        +2.000  [+2.000, +2.000]        1    100.0%
+           2  b        +3.000  [+3.000, +3.000]        1      0.0%
+        Win rate: share of the 1 prompt(s) answered by every teacher where it scores best.
+    """
+    by = table.attrs.get("by", "score")
+    level = f"{table.attrs.get('confidence', 0.95) * 100:g}%"
+    lines = []
+    if "higher_is_better" in table.attrs:
+        direction = "higher" if table.attrs["higher_is_better"] else "lower"
+        lines.append(f"Teachers ranked by {by} ({direction} is better); {level} bootstrap CI over prompts.")
+    if table.empty:
+        return "\n".join(lines + ["(no teacher to rank)"])
+
+    def number(value: float) -> str:
+        return "n/a" if pd.isna(value) else f"{value:+.3f}"
+
+    names = [str(t) for t in table["teacher"]]
+    cells = [
+        (
+            str(row["rank"]), name, number(row["mean"]),
+            f"[{number(row['ci_low'])}, {number(row['ci_high'])}]", str(row["num_prompts"]),
+            "n/a" if pd.isna(row["win_rate"]) else f"{row['win_rate']:.1%}",
+        )
+        for name, (_, row) in zip(names, table.iterrows(), strict=True)
+    ]
+    header = ("rank", "teacher", "mean", f"{level} CI", "prompts", "win rate")
+    widths = [max(len(header[i]), *(len(c[i]) for c in cells)) for i in range(len(header))]
+    left = {1, 3}  # text columns are left-aligned, numbers right-aligned
+
+    def render(values: Sequence[str]) -> str:
+        pairs = enumerate(zip(values, widths, strict=True))
+        return "  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in pairs)
+
+    lines.append(render(header).rstrip())
+    lines.append(render(["-" * w for w in widths]).rstrip())
+    lines.extend(render(c).rstrip() for c in cells)
+    common = int(table["num_common_prompts"].iloc[0])
+    lines.append(
+        f"Win rate: share of the {common} prompt(s) answered by every teacher where it scores best."
+        if common else "Win rate: n/a (no prompt was answered by every teacher)."
+    )
+    return "\n".join(lines)
