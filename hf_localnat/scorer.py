@@ -340,24 +340,21 @@ def score_dataset(
     )
     tokens = 0
     started = time.perf_counter()
-
-    def count(n: int) -> None:
-        nonlocal tokens
-        tokens += n
-        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):.0f} scored tok/s", refresh=False)
-
     with bar:
         for start in chunks:
             if start in tables:
                 continue
             rows = ds[start : start + chunk_rows]
-            columns = scorer.score(rows[scorer.prompt_column], rows[scorer.response_column], on_tokens=count)
+            columns = scorer.score(rows[scorer.prompt_column], rows[scorer.response_column])
             table = datasets.Dataset.from_dict(columns, features=features).data.table
             if work is not None:
                 tmp = work / f".chunk-{start:09d}.tmp"
                 pq.write_table(table, tmp)
                 os.replace(tmp, work / f"chunk-{start:09d}.parquet")  # a chunk is either whole or absent
             tables[start] = table
+            tokens += sum(columns["num_response_tokens"])
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix_str(f"{rate:.0f} response tok/s", refresh=False)
             bar.update(table.num_rows)
     scores = pa.concat_tables([tables[start] for start in chunks]) if tables else features.arrow_schema.empty_table()
     base = ds.remove_columns([c for c in scorer.output_columns if c in ds.column_names])
