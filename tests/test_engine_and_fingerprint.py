@@ -33,7 +33,9 @@ def _requests(vocab: int, seed: int = 0) -> list[ScoreRequest]:
 @pytest.mark.parametrize("budget", [8, 64, 100_000])
 def test_engine_matches_plain_forward_at_any_batch_budget(tiny_model, budget):
     requests = _requests(tiny_model.config.vocab_size)
-    engine = LogProbEngine(tiny_model, max_tokens_per_batch=budget, logits_chunk_bytes=4 * 7 * tiny_model.config.vocab_size)
+    engine = LogProbEngine(
+        tiny_model, max_tokens_per_batch=budget, logits_chunk_bytes=4 * 7 * tiny_model.config.vocab_size
+    )
     results = engine.score(requests, with_ranks=True)
     for request, result in zip(requests, results, strict=True):
         if not request.target:
