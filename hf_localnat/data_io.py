@@ -21,6 +21,8 @@ from datasets import Dataset
 from .errors import LocalnatError
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+_UMASK = os.umask(0o022)  # read once (the only way to read it), restored on the next line
+os.umask(_UMASK)
 
 
 def _first_bad_json_line(path: Path) -> str | None:
@@ -143,6 +145,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the result should get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)
@@ -164,14 +167,22 @@ def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
             if suffix == ".jsonl":
                 ds.to_json(str(tmp), lines=True, force_ascii=False)
             elif suffix == ".json":
-                ds.to_json(str(tmp), lines=False, force_ascii=False)
+                # One JSON array: datasets refuses lines=False when the rows span more than one batch.
+                ds.to_json(str(tmp), lines=False, force_ascii=False, batch_size=max(len(ds), 1))
             elif suffix == ".parquet":
                 ds.to_parquet(str(tmp))
             else:
-                ds.to_csv(str(tmp), index=False)
+                # CSV has no list type: write nested columns (step_spans, ...) as JSON text, not numpy reprs.
+                order = ds.column_names
+                for column, feature in list(ds.features.items()):
+                    if not isinstance(feature, datasets.Value):
+                        values = [json.dumps(value) for value in ds[column]]
+                        ds = ds.remove_columns(column).add_column(column, values)
+                ds.select_columns(order).to_csv(str(tmp), index=False)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp_dir, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
     try:
         ds.save_to_disk(str(tmp_dir))
         replace_dir(tmp_dir, path)

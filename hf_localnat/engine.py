@@ -72,6 +72,8 @@ class LogProbEngine:
         model: a causal LM (``AutoModelForCausalLM``).
         max_tokens_per_batch: budget of padded suffix tokens per forward pass.
         logits_chunk_bytes: budget for one chunk of float32 logits (positions x vocab x 4 bytes).
+        max_batch_size: most requests in one forward pass.
+        min_batch_fill: least share of real (non-padding) tokens in a batch.
 
     Example:
         >>> engine = LogProbEngine(model)  # doctest: +SKIP
@@ -85,11 +87,13 @@ class LogProbEngine:
         max_tokens_per_batch: int = 4096,
         logits_chunk_bytes: int = 256 * 2**20,
         max_batch_size: int = 64,
+        min_batch_fill: float = 0.75,
     ) -> None:
         self.model = model
         self.max_tokens_per_batch = max_tokens_per_batch
         self.logits_chunk_bytes = logits_chunk_bytes
         self.max_batch_size = max_batch_size
+        self.min_batch_fill = min_batch_fill
         self._decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
         self._lm_head = model.get_output_embeddings()
         self._transform = _final_logit_transform(model)
@@ -163,18 +167,25 @@ class LogProbEngine:
                 on_tokens(sum(len(requests[j].target) for j in batch))
 
     def _pack(self, order: list[int], lengths: list[int]) -> Iterable[list[int]]:
-        """Greedy length-sorted packing: padded tokens (batch x longest) stay within the budget."""
+        """Greedy packing of length-sorted (longest first) requests.
+
+        A batch closes when its padded size (batch x longest) would pass the token budget, or when padding
+        would exceed ``1 - min_batch_fill`` of it: attention cost grows with the padded length squared.
+        """
         batch: list[int] = []
-        longest = 0
+        longest = real = 0
         for j in order:
-            new_longest = max(longest, lengths[j])
+            padded = max(longest, lengths[j]) * (len(batch) + 1)
             if batch and (
-                new_longest * (len(batch) + 1) > self.max_tokens_per_batch or len(batch) >= self.max_batch_size
+                padded > self.max_tokens_per_batch
+                or len(batch) >= self.max_batch_size
+                or real + lengths[j] < self.min_batch_fill * padded
             ):
                 yield batch
-                batch, new_longest = [], lengths[j]
+                batch, longest, real = [], 0, 0
             batch.append(j)
-            longest = new_longest
+            longest = max(longest, lengths[j])
+            real += lengths[j]
         if batch:
             yield batch
 

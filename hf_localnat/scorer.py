@@ -192,6 +192,10 @@ class NaturalnessScorer:
         device = None
         if rank is not None and torch.cuda.is_available():
             device = f"cuda:{rank % torch.cuda.device_count()}"
+        elif rank is not None:
+            # A forked CPU worker must not re-enter the parent's OpenMP pool (it can hang); workers share the
+            # cores anyway, so each runs single-threaded.
+            torch.set_num_threads(1)
         self.model, self.tokenizer = load_student(self.source.student, revision=self.source.revision, device=device)
 
     @property

@@ -131,6 +131,12 @@ def load_student(
         source = StudentSource(EMBEDDED_STUDENT, embedded_revision())
     else:
         path = Path(student).expanduser()
+        looks_like_path = student.startswith(("/", ".", "~")) or student.count("/") > 1 or path.suffix == ".gguf"
+        if looks_like_path and not path.exists():
+            raise LocalnatError(
+                f"student {student!r} not found: no such folder or file. Pass a model folder (config.json and "
+                "weights), a .gguf file, or omit --student to use the embedded SmolLM2."
+            )
         try:
             if path.suffix == ".gguf" and path.is_file():
                 tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -142,7 +148,7 @@ def load_student(
             where = "a local folder" if path.exists() else "a local folder or a Hub id in the local cache (no network)"
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise LocalnatError(
-                f"student {student!r} could not be loaded as {where}: {first_line[:200]}. "
+                f"student {student!r} could not be loaded as {where}: {first_line[:200].rstrip('.')}. "
                 "Pass a folder holding config.json and weights, or omit --student to use the embedded SmolLM2."
             ) from err
         commit = getattr(model.config, "_commit_hash", None) or revision
