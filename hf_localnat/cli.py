@@ -7,13 +7,16 @@ User mistakes print one ``hf-localnat: error: ...`` line and exit 2, without a t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser
 
 from .errors import LocalnatError
@@ -109,12 +112,12 @@ class DemoArguments(ScoringArguments):
     limit_prompts: int | None = field(default=None, metadata={"help": "Use only the first N demo prompts."})
 
 
-def build_scorer(args: ScoringArguments):
+def build_scorer(args: ScoringArguments, device: torch.device | None = None):
     from .scorer import NaturalnessScorer
     from .student import load_student
 
     window = parse_window(args.window)
-    model, tokenizer = load_student(args.student)
+    model, tokenizer = load_student(args.student, device=device)
     return NaturalnessScorer(
         model,
         tokenizer,
@@ -140,6 +143,18 @@ def check_scoring_args(args: ScoringArguments) -> None:
     validate_window(parse_window(args.window))
 
 
+def launch_state():
+    """The accelerate process state under ``accelerate launch`` / ``torchrun``; None for a plain run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True accelerate would not use gloo
+    if state.device.type == "cpu":  # CPU processes share the cores instead of each taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+    return state
+
+
 def run_score(args: ScoreArguments, input_path: str) -> None:
     from .data_io import load_rows, require_columns, require_text, write_rows
     from .scorer import score_dataset
@@ -147,17 +162,21 @@ def run_score(args: ScoreArguments, input_path: str) -> None:
     if not args.output:
         raise LocalnatError("score needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
     check_scoring_args(args)
-    ds = load_rows(input_path, split=args.split)
+    state = launch_state()
+    with state.main_process_first() if state is not None else contextlib.nullcontext():
+        ds = load_rows(input_path, split=args.split)  # the main process fills the datasets cache first
     flags = {args.prompt_column: "--prompt-column", args.response_column: "--response-column"}
     require_columns(ds, [args.prompt_column, args.response_column], input_path, flags)
     require_text(ds, args.prompt_column, input_path, allow_none=False)
     require_text(ds, args.response_column, input_path)
     if args.limit is not None:
         ds = ds.select(range(min(args.limit, len(ds))))
-    scorer = build_scorer(args)
+    scorer = build_scorer(args, device=state.device if state is not None else None)
     output = Path(args.output)
     work_dir = output.with_name(f".{output.name}.partial")
-    scored = score_dataset(ds, scorer, work_dir=work_dir, chunk_rows=args.chunk_rows)
+    scored = score_dataset(ds, scorer, work_dir=work_dir, chunk_rows=args.chunk_rows, state=state)
+    if scored is None:  # not the main process: its chunks are on disk for the main process to assemble
+        return
     write_rows(scored, output)
     shutil.rmtree(work_dir, ignore_errors=True)
     print(f"Scored {len(scored)} rows -> {output}")

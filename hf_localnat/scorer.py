@@ -22,6 +22,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from accelerate import PartialState
 from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -304,17 +305,28 @@ def score_dataset(
     work_dir: str | os.PathLike | None = None,
     chunk_rows: int = 64,
     progress: bool = True,
-) -> datasets.Dataset:
+    state: PartialState | None = None,
+) -> datasets.Dataset | None:
     """Score every row with a progress bar; with ``work_dir``, finished chunks are kept and a rerun resumes.
 
-    The result holds every input column (earlier score columns replaced) plus the scorer's columns.
+    The result holds every input column (earlier score columns replaced) plus the scorer's columns, in the
+    input's row order. Under ``accelerate launch`` pass ``state=PartialState()``: process ``r`` of ``n``
+    scores chunks ``r, r+n, ...`` into the shared ``work_dir``, and the main process returns the assembled
+    dataset while the others return None.
 
     Example:
         >>> scored = score_dataset(ds, scorer, work_dir="out.partial")  # doctest: +SKIP
     """
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    if world > 1 and work_dir is None:
+        raise ValueError("score_dataset needs a work_dir shared by all processes when num_processes > 1.")
     chunks = range(0, len(ds), chunk_rows)
     work = Path(work_dir) if work_dir is not None else None
-    done: dict[int, Path] = {}
+
+    def chunk_path(start: int) -> Path:
+        return work / f"chunk-{start:09d}.parquet"
+
+    done: set[int] = set()
     if work is not None:
         manifest = {
             "input_fingerprint": ds._fingerprint,
@@ -323,43 +335,52 @@ def score_dataset(
             "scorer": Hasher.hash(scorer),
         }
         manifest_path = work / "manifest.json"
-        if work.exists() and (not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
-            logger.warning("%s holds a partial run of other data or settings; starting over.", work)
-            shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-        manifest_path.write_text(json.dumps(manifest))
-        done = {start: work / f"chunk-{start:09d}.parquet" for start in chunks}
-        done = {start: path for start, path in done.items() if path.exists()}
-        if done:
+        if rank == 0:
+            if work.exists() and (not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
+                logger.warning("%s holds a partial run of other data or settings; starting over.", work)
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            manifest_path.write_text(json.dumps(manifest))
+        if world > 1:
+            state.wait_for_everyone()  # nobody reads the folder before the main process has vetted it
+        done = {start for start in chunks if chunk_path(start).exists()}
+        if done and rank == 0:
             logger.warning("Resuming: %d of %d chunks already scored in %s.", len(done), len(chunks), work)
 
     features = output_features(scorer)
-    tables: dict[int, pa.Table] = {start: pq.read_table(path) for start, path in done.items()}
+    mine = [start for i, start in enumerate(chunks) if i % world == rank and start not in done]
+    tables: dict[int, pa.Table] = {}
+    rows_mine = sum(min(chunk_rows, len(ds) - start) for start in mine)
+    # One process shows the whole job; under a launch, the main process shows its own share.
     bar = tqdm(
-        total=len(ds),
-        initial=sum(t.num_rows for t in tables.values()),
-        desc="Scoring",
+        total=len(ds) if world == 1 else rows_mine,
+        initial=len(ds) - rows_mine if world == 1 else 0,
+        desc="Scoring" if world == 1 else f"Scoring (process 0 of {world})",
         unit="row",
-        disable=not progress,
+        disable=not progress or rank != 0,
     )
     tokens = 0
     started = time.perf_counter()
     with bar:
-        for start in chunks:
-            if start in tables:
-                continue
+        for start in mine:
             rows = ds[start : start + chunk_rows]
             columns = scorer.score(rows[scorer.prompt_column], rows[scorer.response_column])
             table = datasets.Dataset.from_dict(columns, features=features).data.table
             if work is not None:
-                tmp = work / f".chunk-{start:09d}.tmp"
+                tmp = work / f".chunk-{start:09d}.{rank}.tmp"
                 pq.write_table(table, tmp)
-                os.replace(tmp, work / f"chunk-{start:09d}.parquet")  # a chunk is either whole or absent
+                os.replace(tmp, chunk_path(start))  # a chunk is either whole or absent
             tables[start] = table
             tokens += sum(columns["num_response_tokens"])
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(f"{rate:.0f} response tok/s", refresh=False)
             bar.update(table.num_rows)
-    scores = pa.concat_tables([tables[start] for start in chunks]) if tables else features.arrow_schema.empty_table()
+    if rank != 0:
+        return None
+    # Chunks of other processes arrive as files; a crashed peer ends the whole launch, so polling is safe.
+    while work is not None and not all(start in tables or chunk_path(start).exists() for start in chunks):
+        time.sleep(0.5)
+    ordered = [tables[start] if start in tables else pq.read_table(chunk_path(start)) for start in chunks]
+    scores = pa.concat_tables(ordered) if ordered else features.arrow_schema.empty_table()
     base = ds.remove_columns([c for c in scorer.output_columns if c in ds.column_names])
     return datasets.concatenate_datasets([base, datasets.Dataset(scores)], axis=1)

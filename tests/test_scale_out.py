@@ -1,8 +1,15 @@
-"""Scale-out: datasets.map with num_proc workers that load the student lazily, one per rank."""
+"""Scale-out: datasets.map with num_proc workers, and `accelerate launch` with several processes."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from conftest import DEMO_POOL
 from datasets import load_dataset
 
@@ -20,3 +27,73 @@ def test_map_with_rank_and_num_proc_matches_one_process(tiny_student_dir, tmp_pa
     assert multi["prompt_id"] == single["prompt_id"]
     for column in ("global_naturalness", "local_naturalness", "rsr"):
         np.testing.assert_allclose(multi[column], single[column], atol=1e-6)
+
+
+def test_accelerate_launch_two_cpu_processes_matches_one_process(tiny_student_dir, tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(DEMO_POOL.read_text().splitlines(keepends=True)[:40]))
+    common = [
+        "score",
+        str(pool),
+        "--student",
+        str(tiny_student_dir),
+        "--metrics",
+        "global,local,rsr",
+        "--window",
+        "2",
+        "--return-steps",
+        "--chunk-rows",
+        "4",
+    ]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env.pop("WORLD_SIZE", None)
+    single = subprocess.run(
+        [sys.executable, "-m", "hf_localnat", *common, "--output", str(tmp_path / "one.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    # --multi_gpu selects accelerate's multi-process launcher; without CUDA the processes use gloo on CPU.
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "hf_localnat",
+    ]
+    multi = subprocess.run(
+        [*launch, *common, "--output", str(tmp_path / "two.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert "process 0 of 2" in multi.stderr
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] + r["teacher"] for r in two] == [r["prompt_id"] + r["teacher"] for r in one]
+    for a, b in zip(one, two, strict=True):
+        for column in ("global_naturalness", "local_naturalness", "rsr"):
+            assert b[column] == pytest.approx(a[column], abs=1e-6)
+        assert a["step_spans"] == b["step_spans"]
+    assert not list(tmp_path.glob(".two.jsonl*")), "the work folder is removed after the main process writes"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
