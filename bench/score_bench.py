@@ -217,6 +217,46 @@ def timed(fn, device):
     return out, time.perf_counter() - start, peak_memory(device)
 
 
+def dtype_check(model, tokenizer, rows: Rows, window: int, dtype: torch.dtype) -> dict:
+    """Per-token log-prob error of the engine in ``dtype`` against float32, and whether rankings agree."""
+    import copy
+
+    from hf_localnat import NaturalnessScorer
+    from hf_localnat.engine import LogProbEngine, ScoreRequest
+    from hf_localnat.metrics import prompt_ids
+
+    reference = model.float()
+    low = copy.deepcopy(reference).to(dtype)
+    requests = [
+        ScoreRequest(tuple(prompt_ids(tokenizer, p)), (), tuple(tokenizer(r, add_special_tokens=False)["input_ids"]))
+        for p, r in zip(rows.prompts, rows.responses, strict=True)
+    ]
+    exact = LogProbEngine(reference).score(requests)
+    approx = LogProbEngine(low).score(requests)
+    errors = np.concatenate([np.abs(a.logprobs - b.logprobs) for a, b in zip(exact, approx, strict=True)])
+    scores = {}
+    for name, m in (("float32", reference), (str(dtype).split(".")[-1], low)):
+        scorer = NaturalnessScorer(m, tokenizer, metrics="global,local", window=window)
+        scores[name] = scorer.score(rows.prompts, rows.responses)
+    (a, b) = scores.values()
+    same_order = {
+        column: bool(np.array_equal(np.argsort(a[column], kind="stable"), np.argsort(b[column], kind="stable")))
+        for column in ("global_naturalness", "local_naturalness")
+    }
+    out = dict(
+        dtype=str(dtype),
+        tokens=int(errors.size),
+        mean_abs_token_error=float(errors.mean()),
+        max_abs_token_error=float(errors.max()),
+        identical_response_ranking=same_order,
+    )
+    print(
+        f"\n{dtype} vs float32 over {errors.size} tokens: mean |delta log p| {errors.mean():.2e}, "
+        f"max {errors.max():.2e}; identical ranking of the {len(rows.responses)} responses: {same_order}"
+    )
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", default=None, help="Student folder or cached Hub id (default: embedded SmolLM2).")
@@ -229,6 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
     parser.add_argument("--max-tokens-per-batch", type=int, default=16384)
     parser.add_argument("--skip-naive", action="store_true", help="Engine and floor only (large models).")
+    parser.add_argument("--check-dtype", help="Also compare the engine in this dtype (e.g. bfloat16) with float32.")
     parser.add_argument("--json", help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
 
@@ -300,6 +341,8 @@ def main(argv=None) -> int:
         "\nfloor: linear-layer FLOPs per token-forward (each prompt counted once per response, each local window "
         "re-read), attention FLOPs, lm_head at scored tokens only, at the measured matmul rate."
     )
+    if args.check_dtype:
+        results["dtype_check"] = dtype_check(model, tokenizer, rows, args.window, getattr(torch, args.check_dtype))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(args=vars(args), results=results), indent=2))
     return 0 if all(not math.isnan(e["engine_tok_s"]) for e in results.values()) else 1
