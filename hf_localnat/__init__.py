@@ -14,4 +14,22 @@ from .scorer import NaturalnessScorer  # noqa: E402
 from .selection import rank_teachers, select_responses  # noqa: E402
 from .student import load_student  # noqa: E402
 
-__all__ = ["LocalnatError", "NaturalnessScorer", "__version__", "load_student", "rank_teachers", "select_responses"]
+__all__ = [
+    "LocalnatError",
+    "NaturalnessScorer",
+    "ReselectConfig",
+    "ReselectingSFTTrainer",
+    "__version__",
+    "load_student",
+    "rank_teachers",
+    "select_responses",
+]
+
+
+def __getattr__(name: str):
+    # The trainer pulls in TRL (seconds to import): load it only when asked for.
+    if name in ("ReselectConfig", "ReselectingSFTTrainer"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'hf_localnat' has no attribute {name!r}")

@@ -241,46 +241,116 @@ def run_demo(args: DemoArguments) -> None:
     demo(args)
 
 
-COMMANDS: dict[str, tuple[type, str | None, Callable, str]] = {
+@dataclass
+class TrainArguments:
+    """``hf-localnat train --pool POOL --student PATH --output-dir OUT``: the data side of training."""
+
+    pool: str = field(default="", metadata={"help": "Candidate pool: a data file, save_to_disk folder or Hub id."})
+    student: str | None = field(default=None, metadata={"help": "Student to train (default: embedded SmolLM2)."})
+    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+
+
+def _reselect_config() -> type:
+    from .trainer import ReselectConfig
+
+    return ReselectConfig
+
+
+def run_train(args: TrainArguments, config) -> None:
+    from .data_io import load_rows, require_columns, require_text
+    from .student import load_student
+    from .trainer import ReselectingSFTTrainer
+
+    if not args.pool:
+        raise LocalnatError("train needs --pool POOL (a .jsonl, .json, .parquet or .csv file, or a folder).")
+    pool = load_rows(args.pool, split=args.split)
+    columns = [config.prompt_column, config.response_column, config.group_by]
+    flags = {
+        config.prompt_column: "--prompt-column",
+        config.response_column: "--response-column",
+        config.group_by: "--group-by",
+    }
+    require_columns(pool, columns, args.pool, flags)
+    require_text(pool, config.prompt_column, args.pool, allow_none=False)
+    require_text(pool, config.response_column, args.pool)
+    # The trainer places the model; load on CPU in float32 and let accelerate move it.
+    model, tokenizer = load_student(args.student, device="cpu", dtype="float32")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    trainer = ReselectingSFTTrainer(model=model, args=config, candidate_dataset=pool, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(config.output_dir)
+        rounds = len(trainer.selection_history)
+        print(f"Trained {trainer.state.global_step} steps with {rounds} selection rounds -> {config.output_dir}")
+
+
+COMMANDS: dict[str, tuple[Callable[[], tuple[type, ...]], str | None, Callable, str]] = {
     "score": (
-        ScoreArguments,
+        lambda: (ScoreArguments,),
         "input",
         run_score,
         "Score rows: INPUT is a data file, a save_to_disk folder or a Hub id.",
     ),
-    "select": (SelectArguments, "scored", run_select, "Select the best k responses per prompt from scored rows."),
-    "rank-teachers": (RankTeachersArguments, "scored", run_rank_teachers, "Rank teachers by a score column."),
-    "demo": (DemoArguments, None, run_demo, "Score the embedded demo pool with the embedded student, end to end."),
+    "select": (
+        lambda: (SelectArguments,),
+        "scored",
+        run_select,
+        "Select the best k responses per prompt from scored rows.",
+    ),
+    "rank-teachers": (
+        lambda: (RankTeachersArguments,),
+        "scored",
+        run_rank_teachers,
+        "Rank teachers by a score column.",
+    ),
+    "demo": (
+        lambda: (DemoArguments,),
+        None,
+        run_demo,
+        "Score the embedded demo pool with the embedded student, end to end.",
+    ),
+    "train": (
+        lambda: (TrainArguments, _reselect_config()),
+        None,
+        run_train,
+        "Train the student on a selection that is re-made as it trains (works under accelerate launch).",
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-localnat", description="Local-naturalness data selection for distillation."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Show debug logs and full tracebacks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
-    for name, (dataclass_type, positional, _, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, dataclass_types=[dataclass_type], help=help_text, description=help_text)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for name, (dataclass_types, positional, _, help_text) in COMMANDS.items():
+        if name == "train" and "train" not in argv:  # importing TRL costs seconds: only when training
+            sub.add_parser(name, dataclass_types=[TrainArguments], help=help_text, description=help_text)
+            continue
+        command = sub.add_parser(name, dataclass_types=list(dataclass_types()), help=help_text, description=help_text)
         if positional:
             command.add_argument(positional, help=help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     namespace = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if namespace.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("hf_localnat").setLevel(logging.DEBUG if namespace.verbose else logging.INFO)
-    dataclass_type, positional, run, _ = COMMANDS[namespace.command]
-    args = dataclass_type(**{f.name: getattr(namespace, f.name) for f in fields(dataclass_type)})
+    dataclass_types, positional, run, _ = COMMANDS[namespace.command]
     try:
+        args = [dc(**{f.name: getattr(namespace, f.name) for f in fields(dc) if f.init}) for dc in dataclass_types()]
         if positional:
-            run(args, getattr(namespace, positional))
+            run(*args, getattr(namespace, positional))
         else:
-            run(args)
+            run(*args)
     except LocalnatError as err:
         if namespace.verbose:
             raise

@@ -53,7 +53,7 @@ def _parse_spec(spec: SplitterSpec) -> tuple[str, Any]:
         if spec in BUILTIN_SPLITTERS:
             return "builtin", spec
         if spec.startswith("regex:"):
-            pattern = spec[len("regex:"):]
+            pattern = spec[len("regex:") :]
             if not pattern:
                 raise LocalnatError(f"splitter {spec!r} has an empty pattern. Write it as regex:<pattern>.")
             try:
@@ -63,19 +63,16 @@ def _parse_spec(spec: SplitterSpec) -> tuple[str, Any]:
                     f"splitter {spec!r} is not a valid regular expression: {e}. Fix the pattern."
                 ) from None
         if spec.startswith("tokens:"):
-            n_text = spec[len("tokens:"):].strip()
+            n_text = spec[len("tokens:") :].strip()
             if not re.fullmatch(r"[0-9]+", n_text) or int(n_text) < 1:
                 raise LocalnatError(
-                    f"splitter {spec!r}: the number of tokens per step must be a positive integer, "
-                    f"e.g. tokens:16."
+                    f"splitter {spec!r}: the number of tokens per step must be a positive integer, e.g. tokens:16."
                 )
             return "tokens", int(n_text)
         raise LocalnatError(f"unknown splitter {spec!r}. {_SPEC_HELP}")
     if callable(spec):
         return "callable", spec
-    raise LocalnatError(
-        f"splitter must be a string or a callable, got {type(spec).__name__} ({spec!r}). {_SPEC_HELP}"
-    )
+    raise LocalnatError(f"splitter must be a string or a callable, got {type(spec).__name__} ({spec!r}). {_SPEC_HELP}")
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:
@@ -178,9 +175,7 @@ def _check_partition(spans: Any, text: str, name: str) -> list[Span]:
     try:
         items = list(spans)
     except TypeError:
-        raise LocalnatError(
-            f"{where} {type(spans).__name__}, not a sequence of spans. {_PARTITION_HELP}"
-        ) from None
+        raise LocalnatError(f"{where} {type(spans).__name__}, not a sequence of spans. {_PARTITION_HELP}") from None
     out: list[Span] = []
     for k, item in enumerate(items):
         try:
@@ -194,23 +189,22 @@ def _check_partition(spans: Any, text: str, name: str) -> list[Span]:
     if not out:
         raise LocalnatError(f"{where} no spans for a text of {len(text)} chars. {_PARTITION_HELP}")
     if out[0][0] != 0:
-        raise LocalnatError(
-            f"{where} spans that do not start at 0: the first span is {out[0]}. {_PARTITION_HELP}"
-        )
+        raise LocalnatError(f"{where} spans that do not start at 0: the first span is {out[0]}. {_PARTITION_HELP}")
     previous_end = 0
     for k, (s, e) in enumerate(out):
         if s > previous_end:
-            raise LocalnatError(f"{where} spans that do not cover the text: gap at char {previous_end}. "
-                                f"{_PARTITION_HELP}")
+            raise LocalnatError(
+                f"{where} spans that do not cover the text: gap at char {previous_end}. {_PARTITION_HELP}"
+            )
         if s < previous_end:
-            raise LocalnatError(f"{where} overlapping spans: span {k} = {(s, e)} starts before char "
-                                f"{previous_end}. {_PARTITION_HELP}")
+            raise LocalnatError(
+                f"{where} overlapping spans: span {k} = {(s, e)} starts before char {previous_end}. {_PARTITION_HELP}"
+            )
         if e <= s:
             raise LocalnatError(f"{where} an empty or reversed span: span {k} = {(s, e)}. {_PARTITION_HELP}")
         previous_end = e
     if previous_end < len(text):
-        raise LocalnatError(f"{where} spans that do not cover the text: gap at char {previous_end}. "
-                            f"{_PARTITION_HELP}")
+        raise LocalnatError(f"{where} spans that do not cover the text: gap at char {previous_end}. {_PARTITION_HELP}")
     if previous_end > len(text):
         raise LocalnatError(
             f"{where} spans that end at char {previous_end}, past the end of the text ({len(text)} chars). "
@@ -286,8 +280,6 @@ def assign_tokens_to_steps(token_starts: Sequence[int], spans: Sequence[Span]) -
         return []
     starts = [int(s) for s, _ in spans]
     if any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
-        raise LocalnatError(
-            "step spans must be sorted by start with no empty span. Pass the output of a splitter."
-        )
+        raise LocalnatError("step spans must be sorted by start with no empty span. Pass the output of a splitter.")
     last = len(starts) - 1
     return [min(max(bisect_right(starts, int(t)) - 1, 0), last) for t in token_starts]

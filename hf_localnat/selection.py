@@ -33,7 +33,14 @@ logger = logging.getLogger(__name__)
 
 RANK_COLUMN = "selection_rank"
 RANKING_COLUMNS = [
-    "rank", "teacher", "mean", "ci_low", "ci_high", "num_prompts", "win_rate", "num_common_prompts",
+    "rank",
+    "teacher",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "num_prompts",
+    "win_rate",
+    "num_common_prompts",
 ]
 
 # Substrings of metric names whose direction is known. A name matching both lists is ambiguous.
@@ -79,8 +86,16 @@ _UNKNOWN = None  # three-valued logic: a condition on a missing value is unknown
 
 _ORDERING = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
 _COMPARE_SYMBOLS = {
-    ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
-    ast.In: "in", ast.NotIn: "not in", ast.Is: "is", ast.IsNot: "is not",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Is: "is",
+    ast.IsNot: "is not",
 }
 _LITERAL_TYPES = (str, int, float, bool, type(None))
 _LONE_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
@@ -176,8 +191,12 @@ class _WhereExpression:
     def _literal(self, node: ast.AST, inside: bool = False) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, _LITERAL_TYPES):
             return node.value
-        if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd)
-                and isinstance(node.operand, ast.Constant) and type(node.operand.value) in (int, float)):
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub | ast.UAdd)
+            and isinstance(node.operand, ast.Constant)
+            and type(node.operand.value) in (int, float)
+        ):
             return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
         if isinstance(node, ast.List | ast.Tuple | ast.Set) and not inside:
             return tuple(self._literal(element, inside=True) for element in node.elts)
@@ -294,7 +313,7 @@ def compile_where(where: str | Callable[[dict], bool] | None) -> Callable[[dict]
     if callable(where):
         return where
     raise LocalnatError(
-        f"where={where!r}: expected a string such as \"correct == True\", a callable(row) -> bool, or None."
+        f'where={where!r}: expected a string such as "correct == True", a callable(row) -> bool, or None.'
     )
 
 
@@ -334,8 +353,7 @@ def _group_codes(keys: Sequence, column: str) -> tuple[np.ndarray, list]:
     """Integer codes in order of first appearance, and the key of each code."""
     mapping: dict = {}
     try:
-        codes = np.fromiter((mapping.setdefault(key, len(mapping)) for key in keys), dtype=np.int64,
-                            count=len(keys))
+        codes = np.fromiter((mapping.setdefault(key, len(mapping)) for key in keys), dtype=np.int64, count=len(keys))
     except TypeError:
         kind = next(type(key).__name__ for key in keys if not _hashable(key))
         raise LocalnatError(
@@ -516,7 +534,10 @@ def select_responses(
     if without:
         logger.warning(
             "%d group(s) of %r have no valid %r score (all None/NaN%s) and get no selected row: %s",
-            len(without), group_by, by, " after the where filter" if where is not None else "",
+            len(without),
+            group_by,
+            by,
+            " after the where filter" if where is not None else "",
             _preview(without),
         )
 
@@ -561,7 +582,7 @@ def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, confidence: float, seed:
     means = np.empty(n_bootstrap, dtype=np.float64)
     for start in range(0, n_bootstrap, chunk):
         size = min(chunk, n_bootstrap - start)
-        means[start:start + size] = values[rng.integers(0, n, size=(size, n))].mean(axis=1)
+        means[start : start + size] = values[rng.integers(0, n, size=(size, n))].mean(axis=1)
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
     return float(low), float(high)
@@ -606,17 +627,19 @@ def rank_teachers(
     teacher_codes, teachers = _group_codes(_column(dataset, teacher_column), teacher_column)
     prompt_codes, _ = _group_codes(_column(dataset, group_by), group_by)
     valid = ~np.isnan(scores)
-    frame = pd.DataFrame(
-        {"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], "score": scores[valid]}
-    )
+    frame = pd.DataFrame({"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], "score": scores[valid]})
     means = frame.groupby(["teacher", "prompt"], sort=True)["score"].mean()  # teacher-prompt means
 
     scored_codes = set(means.index.get_level_values("teacher").tolist())
     ranked_codes = sorted(scored_codes)
     unscored = [teacher for code, teacher in enumerate(teachers) if code not in scored_codes]
     if unscored:
-        logger.warning("%d teacher(s) have no valid %r score and are left out of the ranking: %s",
-                       len(unscored), by, _preview(unscored))
+        logger.warning(
+            "%d teacher(s) have no valid %r score and are left out of the ranking: %s",
+            len(unscored),
+            by,
+            _preview(unscored),
+        )
     if not ranked_codes:
         raise LocalnatError(f"by={by!r}: no row has a valid (non-None, non-NaN) score; nothing to rank.")
 
@@ -633,10 +656,17 @@ def rank_teachers(
     for code in ranked_codes:
         values = table[code].dropna().to_numpy(dtype=np.float64)
         low, high = _bootstrap_ci(values, int(n_bootstrap), float(confidence), seed)
-        records.append({
-            "teacher": teachers[code], "mean": float(values.mean()), "ci_low": low, "ci_high": high,
-            "num_prompts": len(values), "win_rate": float(wins[code]), "num_common_prompts": len(common),
-        })
+        records.append(
+            {
+                "teacher": teachers[code],
+                "mean": float(values.mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "num_prompts": len(values),
+                "win_rate": float(wins[code]),
+                "num_common_prompts": len(common),
+            }
+        )
     records.sort(key=lambda r: (-r["mean"] if higher else r["mean"], str(r["teacher"])))
     for rank, record in enumerate(records, start=1):
         record["rank"] = rank
@@ -674,8 +704,11 @@ def format_ranking(table: pd.DataFrame) -> str:
     names = [str(t) for t in table["teacher"]]
     cells = [
         (
-            str(row["rank"]), name, number(row["mean"]),
-            f"[{number(row['ci_low'])}, {number(row['ci_high'])}]", str(row["num_prompts"]),
+            str(row["rank"]),
+            name,
+            number(row["mean"]),
+            f"[{number(row['ci_low'])}, {number(row['ci_high'])}]",
+            str(row["num_prompts"]),
             "n/a" if pd.isna(row["win_rate"]) else f"{row['win_rate']:.1%}",
         )
         for name, (_, row) in zip(names, table.iterrows(), strict=True)
@@ -694,6 +727,7 @@ def format_ranking(table: pd.DataFrame) -> str:
     common = int(table["num_common_prompts"].iloc[0])
     lines.append(
         f"Win rate: share of the {common} prompt(s) answered by every teacher where it scores best."
-        if common else "Win rate: n/a (no prompt was answered by every teacher)."
+        if common
+        else "Win rate: n/a (no prompt was answered by every teacher)."
     )
     return "\n".join(lines)

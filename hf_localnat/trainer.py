@@ -1,0 +1,155 @@
+"""``ReselectingSFTTrainer``: TRL's SFTTrainer on a selection that is re-made with the student as it trains.
+
+Built on ``trainer_callbacks``: a :class:`ReselectCallback` owns the selection and the training view, a
+:class:`SelectionHistoryCallback` writes ``output_dir/selection_history.jsonl``. The trainer adds the
+config, checkpoint restore, and completion-only loss through labels that mask the prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from trainer_callbacks import ReselectCallback, SelectionHistoryCallback
+
+from .errors import LocalnatError
+from .metrics import validate_window
+
+
+@dataclass
+class ReselectConfig(SFTConfig):
+    """``SFTConfig`` plus how the training selection is made and re-made.
+
+    The candidate pool is served through a dataset transform, so ``remove_unused_columns`` is forced off and
+    ``dataset_kwargs["skip_prepare_dataset"]`` on: examples arrive tokenized, with the prompt masked in labels.
+
+    Example:
+        >>> ReselectConfig(output_dir="out", reselect_every_steps=50, by="local_naturalness", window=4).k
+        1
+    """
+
+    reselect_every_steps: int | None = field(
+        default=None, metadata={"help": "Re-score the pool and reselect every N optimizer steps (None: never)."}
+    )
+    reselect_every: str = field(
+        default="steps", metadata={"help": "'steps' (use reselect_every_steps) or 'epoch' (reselect each epoch)."}
+    )
+    reselect_fraction: float = field(
+        default=1.0, metadata={"help": "Share of prompts re-scored per round, at random (bounds the cost)."}
+    )
+    by: str = field(
+        default="local_naturalness",
+        metadata={"help": "Selection score: local_naturalness, global_naturalness or rsr."},
+    )
+    window: float = field(
+        default=4, metadata={"help": "Local window: previous steps (int >= 1) or a fraction of them in (0, 1)."}
+    )
+    splitter: str = field(default="sentence", metadata={"help": "Step splitter (sentence, paragraph, line, ...)."})
+    include_prompt: bool = field(default=True, metadata={"help": "Local contexts start with the prompt."})
+    step_aggregate: str = field(default="step_mean", metadata={"help": "step_mean or token_mean."})
+    drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
+    group_by: str = field(default="prompt_id", metadata={"help": "Pool column naming the prompt."})
+    k: int = field(default=1, metadata={"help": "Responses selected per prompt."})
+    teacher_column: str = field(default="teacher", metadata={"help": "Pool column naming the teacher."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Pool column holding the prompt text."})
+    response_column: str = field(default="response", metadata={"help": "Pool column holding the response."})
+    scoring_max_tokens_per_batch: int = field(
+        default=16384, metadata={"help": "Padded tokens per forward pass while re-scoring."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
+            self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine rejects; train in float32 there
+        super().__post_init__()
+        if isinstance(self.window, float) and self.window.is_integer():
+            self.window = int(self.window)
+        validate_window(self.window)
+        self.remove_unused_columns = False
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+
+class ReselectingSFTTrainer(SFTTrainer):
+    """SFT on one selected teacher response per prompt, reselected with the current student.
+
+    Args:
+        model: the student (a model or a path, as for ``SFTTrainer``).
+        args: a :class:`ReselectConfig`.
+        candidate_dataset: the pool: several teachers' responses per prompt, scored or not.
+        processing_class: the student's tokenizer.
+        callbacks, **kwargs: passed on to ``SFTTrainer``.
+
+    Example:
+        >>> trainer = ReselectingSFTTrainer(model=model, args=ReselectConfig(output_dir="out", reselect_every_steps=50),
+        ...                                 candidate_dataset=pool, processing_class=tokenizer)  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: ReselectConfig,
+        candidate_dataset: datasets.Dataset,
+        processing_class: PreTrainedTokenizerBase,
+        callbacks: list[TrainerCallback] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(args, ReselectConfig):
+            raise LocalnatError("ReselectingSFTTrainer needs args=ReselectConfig(...).")
+        if "train_dataset" in kwargs:
+            raise LocalnatError("pass the pool as candidate_dataset=...; the trainer builds its own train_dataset.")
+        self.reselect_callback = ReselectCallback(
+            candidate_dataset,
+            processing_class,
+            by=args.by,
+            every_steps=args.reselect_every_steps,
+            every=args.reselect_every,
+            fraction=args.reselect_fraction,
+            group_by=args.group_by,
+            k=args.k,
+            teacher_column=args.teacher_column,
+            prompt_column=args.prompt_column,
+            response_column=args.response_column,
+            max_length=args.max_length,
+            seed=args.seed,
+            window=args.window,
+            splitter=args.splitter,
+            include_prompt=args.include_prompt,
+            step_aggregate=args.step_aggregate,
+            drop_first_token=args.drop_first_token,
+            max_tokens_per_batch=args.scoring_max_tokens_per_batch,
+        )
+        self.history_callback = SelectionHistoryCallback(self.reselect_callback)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=self.reselect_callback.train_dataset,
+            processing_class=processing_class,
+            callbacks=[self.reselect_callback, self.history_callback, *(callbacks or [])],
+            **kwargs,
+        )
+        self.reselect_callback.attach(self)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """``SFTTrainer.train``; a resumed run continues the selection saved with the checkpoint."""
+        if resume_from_checkpoint:
+            checkpoint = (
+                get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            )
+            if checkpoint is not None:
+                self.reselect_callback.restore(checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @property
+    def selection_history(self) -> list[dict[str, Any]]:
+        """One record per selection round (also in ``output_dir/selection_history.jsonl``)."""
+        return self.reselect_callback.state.history
+
+    def selected_rows(self) -> datasets.Dataset:
+        """The pool rows selected now, one per slot, in slot order."""
+        return self.reselect_callback.pool.select(self.reselect_callback.state.selected)
