@@ -33,26 +33,27 @@ def demo_pool_path() -> Path:
 
 
 def side_by_side(tables: dict[str, pd.DataFrame], accuracy: dict[str, float] | None = None) -> str:
-    """Rankings under several metrics as one text table: one column block per metric, best first.
+    """One row per teacher (in local-naturalness order), one ``rank  mean [95% CI]`` block per metric.
 
     Example:
-        >>> print(side_by_side({"global": t1, "local": t2}))  # doctest: +SKIP
+        >>> print(side_by_side({"global_naturalness": t1, "local_naturalness": t2}))  # doctest: +SKIP
     """
     names = list(tables)
-    width = max(len(str(t)) for table in tables.values() for t in table["teacher"]) + 2
-    header = "rank  " + "".join(f"{name:<{width + 26}}" for name in names)
+    order = list(tables["local_naturalness" if "local_naturalness" in tables else names[0]]["teacher"])
+    width = max(len(str(t)) for t in order) + 2
+    block = 28
+    header = f"{'teacher':<{width}}" + ("accuracy  " if accuracy else "") + "".join(f"{n:<{block}}" for n in names)
+    header = header.rstrip()
     lines = [header, "-" * len(header)]
-    for i in range(max(len(t) for t in tables.values())):
+    for teacher in order:
         cells = []
         for name in names:
-            row = tables[name].iloc[i]
-            acc = f" acc {accuracy[row['teacher']]:.0%}" if accuracy else ""
+            row = tables[name].set_index("teacher").loc[teacher]
             cells.append(
-                f"{row['teacher']:<{width}}{row['mean']:+.3f} [{row['ci_low']:+.3f},{row['ci_high']:+.3f}]{acc}".ljust(
-                    width + 26 + (8 if accuracy else 0)
-                )
+                f"{int(row['rank']):>2}  {row['mean']:+.3f} [{row['ci_low']:+.3f},{row['ci_high']:+.3f}]".ljust(block)
             )
-        lines.append(f"{i + 1:<6}" + "".join(cells))
+        acc = f"{accuracy[teacher]:>7.0%}   " if accuracy else ""
+        lines.append(f"{teacher:<{width}}{acc}" + "".join(cells).rstrip())
     return "\n".join(lines)
 
 
