@@ -7,11 +7,13 @@ config, checkpoint restore, and completion-only loss through labels that mask th
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 import torch
+from accelerate.utils import send_to_device
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
@@ -20,6 +22,23 @@ from trainer_callbacks import ReselectCallback, SelectionHistoryCallback
 
 from .errors import LocalnatError
 from .metrics import validate_window
+
+SLOT_KEY, ROW_KEY = "reselect_slot", "reselect_row"
+
+
+class _SlotCollator:
+    """The trainer's collator, plus which slot each example serves and which pool row it was built from."""
+
+    def __init__(self, collate: Any) -> None:
+        self.collate = collate
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not examples or SLOT_KEY not in examples[0]:
+            return self.collate(examples)
+        batch = self.collate([{k: v for k, v in e.items() if k not in (SLOT_KEY, ROW_KEY)} for e in examples])
+        batch[SLOT_KEY] = torch.tensor([e[SLOT_KEY] for e in examples])
+        batch[ROW_KEY] = torch.tensor([e[ROW_KEY] for e in examples])
+        return batch
 
 
 @dataclass
@@ -66,6 +85,14 @@ class ReselectConfig(SFTConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None and not self.fp16 and not torch.cuda.is_available():
             self.bf16 = False  # TRL defaults to bf16, which a CPU-only machine rejects; train in float32 there
+        if getattr(self, "activation_checkpointing", False) is None and self.gradient_checkpointing is not None:
+            # TRL's default gradient_checkpointing=True, under the name transformers >= 5.x deprecates with a
+            # FutureWarning on every run (and before every one-line CLI error): pass it on under the new name.
+            self.activation_checkpointing, self.gradient_checkpointing = self.gradient_checkpointing, None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            # Launched as several processes on a machine without an accelerator: without use_cpu, Trainer
+            # does not use the (gloo) process group and every process trains alone on the whole selection.
+            self.use_cpu = True
         super().__post_init__()
         if isinstance(self.window, float) and self.window.is_integer():
             self.window = int(self.window)
@@ -128,12 +155,44 @@ class ReselectingSFTTrainer(SFTTrainer):
         super().__init__(
             model=model,
             args=args,
-            train_dataset=self.reselect_callback.train_dataset,
+            train_dataset=self.reselect_callback.train_dataset.with_transform(self._fetch_tagged),
             processing_class=processing_class,
             callbacks=[self.reselect_callback, self.history_callback, *(callbacks or [])],
             **kwargs,
         )
         self.reselect_callback.attach(self)
+
+    # The dataloader builds batches ahead of the step that uses them (accelerate always holds the next batch;
+    # dataloader workers hold copies of the selection made before they started). Each batch therefore carries
+    # the slots it serves and the pool rows it was built from, and a batch whose slots were reselected in the
+    # meantime is rebuilt from the current selection when the training loop takes it.
+
+    def _fetch_tagged(self, batch: dict[str, list[int]]) -> dict[str, list]:
+        out = self.reselect_callback._fetch(batch)
+        out[SLOT_KEY] = list(batch["slot"])
+        out[ROW_KEY] = [self.reselect_callback.state.selected[s] for s in batch["slot"]]
+        return out
+
+    def get_train_dataloader(self):
+        collate = self.data_collator
+        self.data_collator = _SlotCollator(collate)  # for the training set only; evaluation is left as it is
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collate
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        return super().get_batch_samples(map(self._current_batch, epoch_iterator), num_batches, device)
+
+    def _current_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if SLOT_KEY not in batch:
+            return batch
+        slots, rows = batch.pop(SLOT_KEY).tolist(), batch.pop(ROW_KEY).tolist()
+        selected = self.reselect_callback.state.selected
+        if all(selected[slot] == row for slot, row in zip(slots, rows, strict=True)):
+            return batch
+        fresh = self.data_collator([self.reselect_callback.example(selected[slot]) for slot in slots])
+        return send_to_device(fresh, batch["input_ids"].device)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """``SFTTrainer.train``; a resumed run continues the selection saved with the checkpoint."""

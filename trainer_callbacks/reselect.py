@@ -70,6 +70,8 @@ class ReselectCallback(TrainerCallback):
 
     Use with any ``transformers.Trainer``: pass ``callback.train_dataset`` as the training set, add the
     callback, and call ``callback.attach(trainer)`` so rounds are logged through the trainer's loggers.
+    There, the batches the dataloader already built when a round ends (one; more with dataloader workers)
+    still serve the previous selection; ``ReselectingSFTTrainer`` rebuilds such batches.
 
     Example:
         >>> cb = ReselectCallback(pool, tokenizer, every_steps=50, window=4)  # doctest: +SKIP
@@ -116,7 +118,7 @@ class ReselectCallback(TrainerCallback):
         self.prompt_column, self.response_column = prompt_column, response_column
         self.max_length = max_length
         self.scorer_kwargs = scorer_kwargs
-        self._rng = random.Random(seed)
+        self._seed = seed
         self._trainer = None
         self._train_started = 0.0
         self._round_seconds = 0.0
@@ -184,7 +186,10 @@ class ReselectCallback(TrainerCallback):
         elif first or self.fraction >= 1:
             todo = groups
         else:
-            todo = self._rng.sample(groups, max(1, round(self.fraction * len(groups))))
+            # Seeded by the round number, not one running generator: a run resumed from a checkpoint
+            # re-scores the same prompts in its later rounds as the uninterrupted run would.
+            rng = random.Random(self._seed * 1_000_003 + len(self.state.history))
+            todo = rng.sample(groups, max(1, round(self.fraction * len(groups))))
         mine = todo[dist.process_index :: dist.num_processes]
         rows = [r for g in mine for r in self.rows_by_group[g]]
         scored: list[tuple[int, float | None]] = []
@@ -244,11 +249,30 @@ class ReselectCallback(TrainerCallback):
         if self._trainer is not None:
             logs = {f"reselect/{k}": v for k, v in record.items() if isinstance(v, int | float) and v is not None}
             logs.update({f"reselect/share/{t}": v for t, v in record["teacher_shares"].items()})
-            self._trainer.log(logs)
+            self._log(logs)
         logger.info(
             "Selection round %d: %d prompts changed, %.1f s", record["round"], record["changed_prompts"], seconds
         )
         return record
+
+    def _log(self, logs: dict[str, Any]) -> None:
+        """Report a round through the trainer's loggers without disturbing its own logging of this step.
+
+        ``Trainer.log`` clears ``control.should_log``: called from ``on_step_end`` it would drop the loss log
+        due at this step. ``transformers.Trainer.log`` is called directly because subclasses such as TRL's
+        ``SFTTrainer.log`` fold (and reset) their accumulated training metrics into whatever is logged.
+        """
+        from transformers import Trainer
+
+        trainer = self._trainer
+        control = getattr(trainer, "control", None)
+        should_log = control.should_log if control is not None else None
+        if isinstance(trainer, Trainer):
+            Trainer.log(trainer, logs)
+        else:
+            trainer.log(logs)
+        if control is not None:
+            trainer.control.should_log = should_log
 
     def _select(self) -> list[int]:
         """Top-k rows per prompt by score; unscored rows rank last; ties go to the earlier row."""
@@ -293,7 +317,14 @@ class ReselectCallback(TrainerCallback):
         saved = SelectionState.load(checkpoint)
         if saved is None:
             return False
-        if [list(s) for s in saved.slots] != [list(s) for s in self.state.slots]:
+        # The same prompts with other rows (a teacher added or dropped) would point slots at rows of other
+        # prompts or past the pool's end: the row count must match, and each saved row belong to its slot's prompt.
+        same_pool = (
+            [list(s) for s in saved.slots] == [list(s) for s in self.state.slots]
+            and len(saved.scores) == len(self.pool)
+            and all(row in self.rows_by_group[slot[0]] for slot, row in zip(saved.slots, saved.selected, strict=True))
+        )
+        if not same_pool:
             raise LocalnatError(
                 f"{checkpoint}: its selection was made on another candidate pool. Resume with the same pool."
             )
