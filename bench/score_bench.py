@@ -143,18 +143,21 @@ def naive_scores(model, tokenizer, rows: Rows, window: int, local: bool) -> list
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, hidden: int) -> float:
-    """Measured FLOP/s of a model-shaped matmul ([4096, H] x [H, 4H])."""
-    a = torch.randn(4096 if device.type == "cuda" else 512, hidden, device=device, dtype=dtype)
+    """Measured FLOP/s of a model-shaped matmul ([N, H] x [H, 4H]): the best of several timed trials."""
+    a = torch.randn(4096 if device.type == "cuda" else 2048, hidden, device=device, dtype=dtype)
     b = torch.randn(hidden, 4 * hidden, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
-    sync(device)
-    reps = 50 if device.type == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * a.shape[0] * hidden * 4 * hidden * reps / (time.perf_counter() - start)
+    reps = 50 if device.type == "cuda" else 10
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.shape[0] * hidden * 4 * hidden * reps / best
 
 
 def sync(device: torch.device) -> None:

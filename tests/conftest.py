@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,33 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """The ``accelerate launch`` prefix that starts CPU processes here.
+
+    ``--multi_gpu`` selects accelerate's multi-process launcher (``--cpu`` would mean one process); without CUDA
+    the processes use gloo on CPU.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
 
 
 def _corpus() -> list[str]:

@@ -31,11 +31,18 @@ def _requests(vocab: int, seed: int = 0) -> list[ScoreRequest]:
 
 
 @pytest.mark.parametrize("budget", [8, 64, 100_000])
-def test_engine_matches_plain_forward_at_any_batch_budget(tiny_model, budget):
+@pytest.mark.parametrize("cache_ratio", [0.0, float("inf")], ids=["prefix-cached", "prefix-folded"])
+@pytest.mark.parametrize("fill", [0.0, 0.95])
+def test_engine_matches_plain_forward_at_any_batch_budget(tiny_model, budget, cache_ratio, fill):
     requests = _requests(tiny_model.config.vocab_size)
     engine = LogProbEngine(
-        tiny_model, max_tokens_per_batch=budget, logits_chunk_bytes=4 * 7 * tiny_model.config.vocab_size
+        tiny_model,
+        max_tokens_per_batch=budget,
+        logits_chunk_bytes=4 * 7 * tiny_model.config.vocab_size,
+        prefix_cache_min_ratio=cache_ratio,
+        min_batch_fill=fill,
     )
+    assert bool(engine._worth_caching(requests[4].prefix, requests[4:8])) == (cache_ratio == 0.0)
     results = engine.score(requests, with_ranks=True)
     for request, result in zip(requests, results, strict=True):
         if not request.target:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import DEMO_POOL
+from conftest import DEMO_POOL, accelerate_launch
 from datasets import load_dataset
 
 from hf_localnat import NaturalnessScorer
@@ -55,22 +54,8 @@ def test_accelerate_launch_two_cpu_processes_matches_one_process(tiny_student_di
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    # --multi_gpu selects accelerate's multi-process launcher; without CUDA the processes use gloo on CPU.
     launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
+        *accelerate_launch(2),
         "-m",
         "hf_localnat",
     ]
@@ -91,9 +76,3 @@ def test_accelerate_launch_two_cpu_processes_matches_one_process(tiny_student_di
             assert b[column] == pytest.approx(a[column], abs=1e-6)
         assert a["step_spans"] == b["step_spans"]
     assert not list(tmp_path.glob(".two.jsonl*")), "the work folder is removed after the main process writes"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

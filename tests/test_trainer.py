@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import DEMO_POOL, build_model, build_tokenizer, read_jsonl
+from conftest import DEMO_POOL, accelerate_launch, build_model, build_tokenizer, read_jsonl
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from hf_localnat import LocalnatError
@@ -125,12 +124,6 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
         "labels": torch.tensor([pad(e["labels"], -100) for e in examples]),
         "attention_mask": torch.tensor([pad([1] * len(e["input_ids"]), 0) for e in examples]),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -429,20 +422,7 @@ def test_two_processes_make_one_selection(tmp_path, tiny_student_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     env.pop("WORLD_SIZE", None)
     launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
+        *accelerate_launch(2),
     ]
     done = subprocess.run(
         [*launch, str(script), str(tiny_student_dir), str(pool), str(out)],
