@@ -383,4 +383,32 @@ def score_dataset(
     ordered = [tables[start] if start in tables else pq.read_table(chunk_path(start)) for start in chunks]
     scores = pa.concat_tables(ordered) if ordered else features.arrow_schema.empty_table()
     base = ds.remove_columns([c for c in scorer.output_columns if c in ds.column_names])
-    return datasets.concatenate_datasets([base, datasets.Dataset(scores)], axis=1)
+    scored = datasets.concatenate_datasets([base, datasets.Dataset(scores)], axis=1)
+    # Kept by save_to_disk: lets a trainer reuse these scores when its student and config are the same.
+    source = scorer.source
+    scored.info.description = json.dumps(
+        {
+            PROVENANCE_KEY: {
+                "scorer": scorer.config,
+                "student": source.student if source else None,
+                "revision": source.revision if source else None,
+            }
+        }
+    )
+    return scored
+
+
+PROVENANCE_KEY = "hf_localnat"
+
+
+def scoring_provenance(ds: datasets.Dataset) -> dict[str, Any] | None:
+    """The scorer config and student that ``score_dataset`` recorded in a dataset's info, if any.
+
+    Example:
+        >>> scoring_provenance(score_dataset(ds, scorer))["scorer"]["window"]  # doctest: +SKIP
+        4
+    """
+    try:
+        return json.loads(ds.info.description or "")[PROVENANCE_KEY]
+    except (ValueError, KeyError, TypeError):
+        return None

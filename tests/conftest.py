@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,31 +35,44 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
-def accelerate_launch(num_processes: int = 2) -> list[str]:
-    """The ``accelerate launch`` prefix that starts CPU processes here.
+DISTRIBUTED_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
-    ``--multi_gpu`` selects accelerate's multi-process launcher (``--cpu`` would mean one process); without CUDA
-    the processes use gloo on CPU.
+
+def run_accelerate(args: list[str], tmp_path: Path, num_processes: int = 2) -> subprocess.CompletedProcess:
+    """Run ``accelerate launch ... ARGS`` as CPU processes (gloo) with a clean environment.
+
+    ``--multi_gpu`` selects accelerate's multi-process launcher (``--cpu`` would mean one process). The free
+    port is picked just before the launch; if another process took it meanwhile, the launch is retried once.
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-    ]
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV and not k.startswith("ACCELERATE_")}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf-datasets-cache"))
+    for _attempt in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launch = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+        ]
+        done = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode == 0 or "address already in use" not in done.stderr.lower():
+            break
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if "rror" in line]
+        done.stderr = "\n".join(errors[-20:]) + "\n...\n" + done.stderr[-2000:]
+    return done
 
 
 def _corpus() -> list[str]:

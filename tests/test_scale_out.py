@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DEMO_POOL, accelerate_launch
+from conftest import DEMO_POOL, run_accelerate
 from datasets import load_dataset
 
 from hf_localnat import NaturalnessScorer
@@ -54,19 +54,8 @@ def test_accelerate_launch_two_cpu_processes_matches_one_process(tiny_student_di
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    launch = [
-        *accelerate_launch(2),
-        "-m",
-        "hf_localnat",
-    ]
-    multi = subprocess.run(
-        [*launch, *common, "--output", str(tmp_path / "two.jsonl")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert multi.returncode == 0, multi.stderr[-3000:]
+    multi = run_accelerate(["-m", "hf_localnat", *common, "--output", str(tmp_path / "two.jsonl")], tmp_path)
+    assert multi.returncode == 0, multi.stderr
     assert "process 0 of 2" in multi.stderr
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import DEMO_POOL, accelerate_launch, build_model, build_tokenizer, read_jsonl
+from conftest import DEMO_POOL, build_model, build_tokenizer, read_jsonl, run_accelerate
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from hf_localnat import LocalnatError
@@ -419,19 +419,8 @@ def test_two_processes_make_one_selection(tmp_path, tiny_student_dir):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(12)))
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    env.pop("WORLD_SIZE", None)
-    launch = [
-        *accelerate_launch(2),
-    ]
-    done = subprocess.run(
-        [*launch, str(script), str(tiny_student_dir), str(pool), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_accelerate([str(script), str(tiny_student_dir), str(pool), str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr
     ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
     assert ranks[0]["selected"] == ranks[1]["selected"]
@@ -535,3 +524,20 @@ def test_smollm2_end_to_end(tmp_path):
     trained = dict(trainer.model.named_parameters())
     for name, param in list(reloaded.named_parameters())[:3]:
         torch.testing.assert_close(param, trained[name].detach().cpu())
+
+
+def test_first_round_reuses_pool_scores_only_from_the_same_student_and_config(tiny_student_dir):
+    from hf_localnat import NaturalnessScorer, load_student
+    from hf_localnat.scorer import score_dataset
+    from trainer_callbacks import ReselectCallback
+
+    model, tokenizer = load_student(str(tiny_student_dir), device="cpu")
+    pool = datasets.Dataset.from_list(demo_rows(6))
+    scored = score_dataset(pool, NaturalnessScorer(model, tokenizer, metrics="local", window=2), progress=False)
+
+    reused = ReselectCallback(scored, tokenizer, window=2).run_round(model)
+    assert reused["rescored_prompts"] == 0
+    other_config = ReselectCallback(scored, tokenizer, window=3).run_round(model)
+    assert other_config["rescored_prompts"] == 6
+    unknown_origin = datasets.Dataset.from_dict(scored.to_dict())  # same column, no record of how it was made
+    assert ReselectCallback(unknown_origin, tokenizer, window=2).run_round(model)["rescored_prompts"] == 6

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 
 from hf_localnat.errors import LocalnatError
 from hf_localnat.metrics import prompt_ids
-from hf_localnat.scorer import NaturalnessScorer
+from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
 from hf_localnat.selection import is_higher_better
 
 logger = logging.getLogger(__name__)
@@ -135,10 +135,7 @@ class ReselectCallback(TrainerCallback):
         # trainer can peek at an example while it is built.
         provisional = [self.rows_by_group[g][min(r, len(self.rows_by_group[g]) - 1)] for g, r in slots]
         self.state = SelectionState(slots=slots, selected=provisional, scores=[None] * len(pool))
-        if by in pool.column_names:  # reuse existing scores for the first round if the caller vouches for them
-            self._preset_scores = pool[by]
-        else:
-            self._preset_scores = None
+        self._preset_scores = pool[by] if by in pool.column_names else None
         self.train_dataset = datasets.Dataset.from_dict({"slot": list(range(len(slots)))}).with_transform(self._fetch)
 
     # -- the training view -------------------------------------------------------------------------------
@@ -179,6 +176,7 @@ class ReselectCallback(TrainerCallback):
         if (
             first
             and self._preset_scores is not None
+            and self._scores_match(model)
             and all(self._preset_scores[r] is not None for rows in self.rows_by_group.values() for r in rows)
         ):
             todo: list[Any] = []
@@ -273,6 +271,24 @@ class ReselectCallback(TrainerCallback):
             trainer.log(logs)
         if control is not None:
             trainer.control.should_log = should_log
+
+    def _scores_match(self, model) -> bool:
+        """Whether the pool's score column was made by this student with this scoring config.
+
+        ``score_dataset`` (the CLI's ``score``) records both in the dataset info; anything else is re-scored.
+        """
+        provenance = scoring_provenance(self.pool)
+        source = getattr(getattr(model, "module", model), "hf_localnat_source", None)
+        if provenance is None or source is None:
+            return False
+        try:
+            mine = NaturalnessScorer(student=source.student, metrics=(self.metric,), **self.scorer_kwargs).config
+        except LocalnatError:  # e.g. a tokens:<n> splitter, which cannot be described without a tokenizer
+            return False
+        theirs = provenance["scorer"]
+        ignored = ("metrics", "return_steps", "prompt_column", "response_column")
+        same = all(theirs.get(key) == value for key, value in mine.items() if key not in ignored)
+        return same and self.metric in theirs.get("metrics", []) and provenance.get("student") == source.student
 
     def _select(self) -> list[int]:
         """Top-k rows per prompt by score; unscored rows rank last; ties go to the earlier row."""
