@@ -102,16 +102,16 @@ def run_demo(args: DemoArguments) -> Path:
         changed = sum(winner["global_naturalness"][p] != winner["local_naturalness"][p] for p in common)
         print(f"  {changed} of {len(common)} prompts change winner between global and local.")
 
-    selected = chosen["local_naturalness"] if "local_naturalness" in chosen else next(iter(chosen.values()))
-    folder = write_selection_folder(selected, Path(args.output_dir), scorer.config, scorer.source, len(scored))
+    by = "local_naturalness" if "local_naturalness" in chosen else next(iter(chosen))
+    folder = write_selection_folder(chosen[by], by, Path(args.output_dir), scorer.config, scorer.source, len(scored))
     print(
-        f"\nWrote the selected dataset ({len(selected)} rows) to {folder}/ "
+        f"\nWrote the selected dataset ({len(chosen[by])} rows) to {folder}/ "
         f"in {time.perf_counter() - started:.0f} s. Load it with datasets.load_dataset({str(folder)!r})."
     )
     return folder
 
 
-def write_selection_folder(selected, folder: Path, scorer_config: dict, source, num_scored: int) -> Path:
+def write_selection_folder(selected, by: str, folder: Path, scorer_config: dict, source, num_scored: int) -> Path:
     """Write ``data/train-00000-of-00001.parquet``, ``selection.json`` and a short ``README.md``, atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
@@ -123,7 +123,7 @@ def write_selection_folder(selected, folder: Path, scorer_config: dict, source, 
             "student": source.student if source else None,
             "student_revision": source.revision if source else None,
             "scorer": scorer_config,
-            "selection": {"by": "local_naturalness", "group_by": "prompt_id", "k": 1, "where": None},
+            "selection": {"by": by, "group_by": "prompt_id", "k": 1, "where": None},
             "num_rows_scored": num_scored,
             "num_rows_selected": len(selected),
         }
@@ -132,7 +132,7 @@ def write_selection_folder(selected, folder: Path, scorer_config: dict, source, 
         (tmp / "README.md").write_text(
             "---\ntags: [hf-localnat, distillation, data-selection]\n---\n\n"
             "# hf_localnat demo selection\n\n"
-            f"One response per prompt, selected by local naturalness under {provenance['student']}.\n\n"
+            f"One response per prompt, selected by {by} under {provenance['student']}.\n\n"
             "| teacher | selected |\n|---|---|\n"
             + "".join(f"| {t} | {n} |\n" for t, n in shares)
             + "\nProvenance: `selection.json`. Reproduce with `hf-localnat demo`.\n"

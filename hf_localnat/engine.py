@@ -2,8 +2,9 @@
 
 A request asks for the student's log-probability of each ``target`` token given ``prefix + context`` and
 the targets before it. Requests that share a ``prefix`` (the prompt: every window of a response, every
-teacher's answer to one prompt) are grouped, the prefix is encoded once into a KV cache, and the
-suffixes run in length-sorted, right-padded batches on top of it under a token budget.
+teacher's answer to one prompt) are grouped; when the prefix is long next to its suffixes it is encoded
+once into a KV cache, otherwise each request re-reads it. Requests run in length-sorted, right-padded
+batches under a token budget.
 
 Only hidden states at scored positions go through the output projection, in chunks, with a float32
 log-softmax per chunk, so a ``[batch, tokens, vocab]`` float32 tensor never exists.

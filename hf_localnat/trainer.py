@@ -94,9 +94,7 @@ class ReselectConfig(SFTConfig):
             # does not use the (gloo) process group and every process trains alone on the whole selection.
             self.use_cpu = True
         super().__post_init__()
-        if isinstance(self.window, float) and self.window.is_integer():
-            self.window = int(self.window)
-        validate_window(self.window)
+        self.window = validate_window(self.window)  # 4.0 from the CLI becomes 4
         self.remove_unused_columns = False
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 

@@ -11,7 +11,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from hf_localnat.scorer import NaturalnessScorer
 
-from .reselect import ReselectCallback
+from .reselect import ReselectCallback, log_from_callback
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class NaturalnessLoggingCallback(TrainerCallback):
         logs = self.measure(kwargs["model"], tokenizer)
         self.records.append({"step": state.global_step, **logs})
         if self._trainer is not None:
-            self._trainer.log(logs)
+            log_from_callback(self._trainer, logs)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         self._log(state, kwargs)

@@ -29,6 +29,25 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "hf_localnat_selection.json"
 
 
+def log_from_callback(trainer: Any, logs: dict[str, Any]) -> None:
+    """Report values through a trainer's loggers from inside a callback, without disturbing its own logging.
+
+    ``Trainer.log`` clears ``control.should_log``: called from ``on_step_end`` it would drop the loss log due at
+    this step. ``transformers.Trainer.log`` is called directly because subclasses such as TRL's
+    ``SFTTrainer.log`` fold (and reset) their accumulated training metrics into whatever is logged.
+    """
+    from transformers import Trainer
+
+    control = getattr(trainer, "control", None)
+    should_log = control.should_log if control is not None else None
+    if isinstance(trainer, Trainer):
+        Trainer.log(trainer, logs)
+    else:
+        trainer.log(logs)
+    if control is not None:
+        trainer.control.should_log = should_log
+
+
 @dataclass
 class SelectionState:
     """What is selected now and how it got there; saved with every checkpoint.
@@ -247,30 +266,11 @@ class ReselectCallback(TrainerCallback):
         if self._trainer is not None:
             logs = {f"reselect/{k}": v for k, v in record.items() if isinstance(v, int | float) and v is not None}
             logs.update({f"reselect/share/{t}": v for t, v in record["teacher_shares"].items()})
-            self._log(logs)
+            log_from_callback(self._trainer, logs)
         logger.info(
             "Selection round %d: %d prompts changed, %.1f s", record["round"], record["changed_prompts"], seconds
         )
         return record
-
-    def _log(self, logs: dict[str, Any]) -> None:
-        """Report a round through the trainer's loggers without disturbing its own logging of this step.
-
-        ``Trainer.log`` clears ``control.should_log``: called from ``on_step_end`` it would drop the loss log
-        due at this step. ``transformers.Trainer.log`` is called directly because subclasses such as TRL's
-        ``SFTTrainer.log`` fold (and reset) their accumulated training metrics into whatever is logged.
-        """
-        from transformers import Trainer
-
-        trainer = self._trainer
-        control = getattr(trainer, "control", None)
-        should_log = control.should_log if control is not None else None
-        if isinstance(trainer, Trainer):
-            Trainer.log(trainer, logs)
-        else:
-            trainer.log(logs)
-        if control is not None:
-            trainer.control.should_log = should_log
 
     def _scores_match(self, model) -> bool:
         """Whether the pool's score column was made by this student with this scoring config.
