@@ -21,6 +21,8 @@ __all__ = [
     "ReselectingSFTTrainer",
     "__version__",
     "load_student",
+    "push_selection",
+    "push_student",
     "rank_teachers",
     "select_responses",
 ]
@@ -32,4 +34,8 @@ def __getattr__(name: str):
         from . import trainer
 
         return getattr(trainer, name)
+    if name in ("push_selection", "push_student"):
+        from . import hub
+
+        return getattr(hub, name)
     raise AttributeError(f"module 'hf_localnat' has no attribute {name!r}")

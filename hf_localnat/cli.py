@@ -286,6 +286,101 @@ def run_train(args: TrainArguments, config) -> None:
         print(f"Trained {trainer.state.global_step} steps with {rounds} selection rounds -> {config.output_dir}")
 
 
+@dataclass
+class PushSelectionArguments:
+    """``hf-localnat push-selection SELECTED --repo-id ID | --to-dir DIR``: publish a selection with its card."""
+
+    repo_id: str | None = field(default=None, metadata={"help": "Upload to this Hub dataset repo (NAMESPACE/NAME)."})
+    to_dir: str | None = field(default=None, metadata={"help": "Write the folder that would be uploaded here."})
+    scored: str | None = field(
+        default=None,
+        metadata={"help": "The scored pool SELECTED came from: adds rankings, the histogram and row counts."},
+    )
+    by: str = field(default="local_naturalness", metadata={"help": "Score column the selection used."})
+    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the group (the prompt)."})
+    k: int = field(default=1, metadata={"help": "Responses kept per group."})
+    where: str | None = field(default=None, metadata={"help": "The row filter the selection used, if any."})
+    source_dataset: str | None = field(
+        default=None, metadata={"help": "Name (Hub id or path) of the pool the scores came from, for the card."}
+    )
+    teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
+    response_column: str = field(default="response", metadata={"help": "Column holding the response."})
+    private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --to-dir."})
+
+
+@dataclass
+class PushStudentArguments:
+    """``hf-localnat push-student FOLDER --repo-id ID | --to-dir DIR``: publish a trained student with its card."""
+
+    repo_id: str | None = field(default=None, metadata={"help": "Upload to this Hub model repo (NAMESPACE/NAME)."})
+    to_dir: str | None = field(default=None, metadata={"help": "Write the folder that would be uploaded here."})
+    selection_repo: str | None = field(
+        default=None, metadata={"help": "Hub id of the selected dataset it was trained on (the card's datasets)."}
+    )
+    base_model: str | None = field(default=None, metadata={"help": "Hub id of the model training started from."})
+    private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --to-dir."})
+
+
+def _one_destination(repo_id: str | None, to_dir: str | None) -> None:
+    if (repo_id is None) == (to_dir is None):
+        raise LocalnatError("give exactly one of --repo-id ID (upload to the Hub) or --to-dir DIR (a local folder).")
+
+
+def run_push_selection(args: PushSelectionArguments, selected_path: str) -> None:
+    from .data_io import load_rows, require_columns
+    from .hub import SelectionConfig, push_selection, selected_ids_sha256
+    from .selection import select_responses
+
+    _one_destination(args.repo_id, args.to_dir)
+    selected = load_rows(selected_path)
+    require_columns(selected, [args.group_by], selected_path, {args.group_by: "--group-by"})
+    config = SelectionConfig(by=args.by, group_by=args.group_by, k=args.k, where=args.where)
+    scored = None
+    if args.scored:
+        scored = load_rows(args.scored)
+        require_columns(scored, [args.by, args.group_by], args.scored, {args.by: "--by", args.group_by: "--group-by"})
+        # The card claims SELECTED = select(SCORED, these flags): check it rather than publish a wrong claim.
+        again = select_responses(scored, by=args.by, group_by=args.group_by, k=args.k, where=args.where)
+        ours = selected_ids_sha256(selected, args.group_by, args.teacher_column)
+        if selected_ids_sha256(again, args.group_by, args.teacher_column) != ours:
+            raise LocalnatError(
+                f"{selected_path} is not what `select {args.scored}` gives with --by {args.by} --group-by "
+                f"{args.group_by} --k {args.k}" + (f" --where {args.where!r}" if args.where else "") +
+                ". Pass the flags the selection was made with."
+            )
+    where = push_selection(
+        selected,
+        repo_id=args.repo_id,
+        to_dir=args.to_dir,
+        scored=scored,
+        selection_config=config,
+        source_dataset=args.source_dataset,
+        private=args.private,
+        overwrite=args.overwrite,
+        teacher_column=args.teacher_column,
+        response_column=args.response_column,
+    )
+    print(f"Published {len(selected)} selected rows with their card -> {where}")
+
+
+def run_push_student(args: PushStudentArguments, folder: str) -> None:
+    from .hub import push_student
+
+    _one_destination(args.repo_id, args.to_dir)
+    where = push_student(
+        folder,
+        repo_id=args.repo_id,
+        to_dir=args.to_dir,
+        selection_repo=args.selection_repo,
+        base_model=args.base_model,
+        private=args.private,
+        overwrite=args.overwrite,
+    )
+    print(f"Published the student {folder} with its card -> {where}")
+
+
 COMMANDS: dict[str, tuple[Callable[[], tuple[type, ...]], str | None, Callable, str]] = {
     "score": (
         lambda: (ScoreArguments,),
@@ -316,6 +411,18 @@ COMMANDS: dict[str, tuple[Callable[[], tuple[type, ...]], str | None, Callable, 
         None,
         run_train,
         "Train the student on a selection that is re-made as it trains (works under accelerate launch).",
+    ),
+    "push-selection": (
+        lambda: (PushSelectionArguments,),
+        "selected",
+        run_push_selection,
+        "Publish a selected dataset with its provenance card (to the Hub, or a folder with --to-dir).",
+    ),
+    "push-student": (
+        lambda: (PushStudentArguments,),
+        "folder",
+        run_push_student,
+        "Publish a trained student folder with its model card (to the Hub, or a folder with --to-dir).",
     ),
 }
 

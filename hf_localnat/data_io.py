@@ -88,11 +88,14 @@ def load_rows(source: str | os.PathLike, split: str = "train") -> Dataset:
             if bad:
                 raise LocalnatError(bad)
         try:
-            return datasets.load_dataset(fmt, data_files=str(path), split="train")
+            loaded = datasets.load_dataset(fmt, data_files=str(path), split="train")
         except Exception as err:  # noqa: BLE001
             message = _mixed_type_message(path) if fmt == "json" and path.suffix.lower() == ".jsonl" else None
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise LocalnatError(message or f"{path}: could not read it as {fmt} ({first}).") from err
+        if fmt == "parquet":
+            loaded.info.description = _read_description(path) or loaded.info.description
+        return loaded
     if path.suffix and not path.exists():
         raise LocalnatError(
             f"input {str(path)!r} not found. Use a .jsonl, .json, .parquet or .csv file, a save_to_disk folder, "
@@ -153,6 +156,28 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+# datasets keeps only the features in a parquet file's metadata; the description carries the scoring
+# provenance (see scorer.scoring_provenance), so it rides along under its own key.
+_DESCRIPTION_KEY = b"hf_localnat_description"
+
+
+def _keep_description(ds: Dataset, path: Path) -> None:
+    if not ds.info.description:
+        return
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    metadata = {**(table.schema.metadata or {}), _DESCRIPTION_KEY: ds.info.description.encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+
+
+def _read_description(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    value = (pq.read_schema(path).metadata or {}).get(_DESCRIPTION_KEY)
+    return value.decode() if value else None
+
+
 def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
     """Write a dataset atomically; the format follows the suffix (.jsonl/.json/.parquet/.csv), else a folder.
 
@@ -171,6 +196,7 @@ def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
                 ds.to_json(str(tmp), lines=False, force_ascii=False, batch_size=max(len(ds), 1))
             elif suffix == ".parquet":
                 ds.to_parquet(str(tmp))
+                _keep_description(ds, tmp)
             else:
                 # CSV has no list type: write nested columns (step_spans, ...) as JSON text, not numpy reprs.
                 order = ds.column_names

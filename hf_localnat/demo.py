@@ -8,9 +8,6 @@ and writes the selected dataset folder (``data/*.parquet`` + ``README.md``), rea
 from __future__ import annotations
 
 import importlib.resources
-import json
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import __version__
-from .data_io import load_rows, replace_dir
+from .data_io import load_rows
 
 if TYPE_CHECKING:
     from .cli import DemoArguments
@@ -60,6 +56,7 @@ def side_by_side(tables: dict[str, pd.DataFrame], accuracy: dict[str, float] | N
 def run_demo(args: DemoArguments) -> Path:
     """Run the demo and return the folder written."""
     from .cli import build_scorer
+    from .hub import SelectionConfig, push_selection
     from .scorer import score_dataset
     from .selection import rank_teachers, select_responses
 
@@ -103,41 +100,20 @@ def run_demo(args: DemoArguments) -> Path:
         print(f"  {changed} of {len(common)} prompts change winner between global and local.")
 
     by = "local_naturalness" if "local_naturalness" in chosen else next(iter(chosen))
-    folder = write_selection_folder(chosen[by], by, Path(args.output_dir), scorer.config, scorer.source, len(scored))
+    folder = Path(args.output_dir)
+    # Re-running the demo replaces its own earlier output, never an unrelated folder.
+    readme = folder / "README.md"
+    ours = readme.is_file() and "hf_localnat:" in readme.read_text(encoding="utf-8", errors="replace")
+    push_selection(
+        chosen[by],
+        to_dir=folder,
+        scored=scored,
+        selection_config=SelectionConfig(by=by, group_by="prompt_id", k=1),
+        source_dataset=f"hf_localnat/data/{DEMO_POOL} (embedded demo pool)",
+        overwrite=ours,
+    )
     print(
         f"\nWrote the selected dataset ({len(chosen[by])} rows) to {folder}/ "
         f"in {time.perf_counter() - started:.0f} s. Load it with datasets.load_dataset({str(folder)!r})."
     )
-    return folder
-
-
-def write_selection_folder(selected, by: str, folder: Path, scorer_config: dict, source, num_scored: int) -> Path:
-    """Write ``data/train-00000-of-00001.parquet``, ``selection.json`` and a short ``README.md``, atomically."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
-        (tmp / "data").mkdir()
-        selected.to_parquet(str(tmp / "data" / "train-00000-of-00001.parquet"))
-        provenance = {
-            "hf_localnat_version": __version__,
-            "student": source.student if source else None,
-            "student_revision": source.revision if source else None,
-            "scorer": scorer_config,
-            "selection": {"by": by, "group_by": "prompt_id", "k": 1, "where": None},
-            "num_rows_scored": num_scored,
-            "num_rows_selected": len(selected),
-        }
-        (tmp / "selection.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        shares = Counter(selected["teacher"]).most_common()
-        (tmp / "README.md").write_text(
-            "---\ntags: [hf-localnat, distillation, data-selection]\n---\n\n"
-            "# hf_localnat demo selection\n\n"
-            f"One response per prompt, selected by {by} under {provenance['student']}.\n\n"
-            "| teacher | selected |\n|---|---|\n"
-            + "".join(f"| {t} | {n} |\n" for t, n in shares)
-            + "\nProvenance: `selection.json`. Reproduce with `hf-localnat demo`.\n"
-        )
-        replace_dir(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -7,20 +7,25 @@ config, checkpoint restore, and completion-only loss through labels that mask th
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from accelerate.utils import send_to_device
+from huggingface_hub import ModelCard
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from trainer_callbacks import ReselectCallback, SelectionHistoryCallback
+from trainer_callbacks.history import HISTORY_FILE
 
 from .errors import LocalnatError
+from .hub import TRAINING_ARGS_FILE, student_base_model, student_card, training_args_summary
 from .metrics import validate_window
 
 SLOT_KEY, ROW_KEY = "reselect_slot", "reselect_row"
@@ -80,6 +85,10 @@ class ReselectConfig(SFTConfig):
     response_column: str = field(default="response", metadata={"help": "Pool column holding the response."})
     scoring_max_tokens_per_batch: int = field(
         default=16384, metadata={"help": "Padded tokens per forward pass while re-scoring."}
+    )
+    selection_repo: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the dataset the pool or selection came from; the model card's `datasets`."},
     )
 
     def __post_init__(self) -> None:
@@ -201,6 +210,34 @@ class ReselectingSFTTrainer(SFTTrainer):
             if checkpoint is not None:
                 self.reselect_callback.restore(checkpoint)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        # What push_student needs to write the card of a saved folder later, without unpickling training_args.bin.
+        folder = Path(output_dir or self.args.output_dir)
+        summary = json.dumps(training_args_summary(self.args), indent=2) + "\n"
+        (folder / TRAINING_ARGS_FILE).write_text(summary)
+        history = "".join(json.dumps(record) + "\n" for record in self.selection_history)
+        (folder / HISTORY_FILE).write_text(history)
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """TRL's model card, extended with the selection repo, key arguments and the reselection history."""
+        dataset_name = dataset_name or self.args.selection_repo
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        readme = Path(self.args.output_dir) / "README.md"
+        trl_card = ModelCard.load(readme) if readme.is_file() else None
+        card = student_card(
+            base_model=student_base_model(self.model),
+            selection_repo=self.args.selection_repo or dataset_name,
+            training_args=training_args_summary(self.args),
+            history=self.selection_history,
+            trl_card=trl_card,
+        )
+        card.save(readme)
 
     @property
     def selection_history(self) -> list[dict[str, Any]]:

@@ -1,0 +1,216 @@
+"""Publishing: the selection and student folders and their cards (offline), and uploads to a real HTTP test Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import DEMO_POOL, build_model, build_tokenizer, read_jsonl
+from huggingface_hub import DatasetCard, ModelCard
+
+from hf_localnat import LocalnatError
+from hf_localnat.cli import main
+from hf_localnat.hub import SelectionConfig, push_selection, push_student
+from hf_localnat.selection import select_responses
+from hf_localnat.trainer import ReselectConfig, ReselectingSFTTrainer
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SCORER = {
+    "metrics": ["global", "local", "rsr"],
+    "window": 4,
+    "splitter": "sentence",
+    "include_prompt": True,
+    "step_aggregate": "step_mean",
+    "drop_first_token": False,
+}
+
+
+def scored_pool(num_prompts: int = 8, teachers: str = "abc", seed: int = 0) -> datasets.Dataset:
+    """A scored pool with random scores and the provenance score_dataset records."""
+    rng = random.Random(seed)
+    rows = [
+        {
+            "prompt_id": f"p{p}",
+            "prompt": f"question {p}",
+            "teacher": t,
+            "response": f"answer {p} by {t}.",
+            "global_naturalness": -rng.random(),
+            "local_naturalness": -rng.random(),
+            "rsr": 1 + rng.random(),
+        }
+        for p in range(num_prompts)
+        for t in teachers
+    ]
+    ds = datasets.Dataset.from_list(rows)
+    ds.info.description = json.dumps({"hf_localnat": {"scorer": SCORER, "student": "org/student", "revision": "abc"}})
+    return ds
+
+
+def rows_of(ds: datasets.Dataset) -> list[dict]:
+    return [dict(sorted(row.items())) for row in ds]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Selections, offline
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_selection_folder_loads_back_and_its_card_says_how_it_was_made(tmp_path: Path) -> None:
+    scored = scored_pool()
+    selected = select_responses(scored, by="local_naturalness", k=1)
+    out = tmp_path / "sel"
+    assert push_selection(selected, to_dir=out, scored=scored, selection_config={"by": "local_naturalness"}) == str(out)
+
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "data", "score_histogram.png"]
+    assert (out / "score_histogram.png").read_bytes().startswith(PNG_MAGIC)
+    assert rows_of(datasets.load_dataset(str(out), split="train")) == rows_of(selected)
+
+    card = DatasetCard.load(out / "README.md")
+    meta = card.data.to_dict()
+    assert meta["tags"] == ["hf-localnat", "distillation", "data-selection"]
+    block = meta["hf_localnat"]
+    assert block["student"] == "org/student" and block["student_revision"] == "abc"
+    assert block["scorer"]["window"] == 4 and block["scorer"]["metrics"] == ["global", "local", "rsr"]
+    assert block["selection"] == {"by": "local_naturalness", "group_by": "prompt_id", "k": 1, "where": None}
+    assert (block["num_rows_before"], block["num_rows_after"]) == (24, 8)
+    # The id hash, recomputed here from its documented definition.
+    lines = "".join(f"{r['prompt_id']}\t{r['teacher']}\n" for r in selected)
+    assert block["selected_ids_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert meta["source_datasets"] == [f"local-data@fingerprint:{scored._fingerprint}"]
+
+    text = card.text
+    winners = {t: sum(1 for r in selected if r["teacher"] == t) for t in "abc"}
+    for teacher, n in winners.items():
+        if n:
+            assert f"| {teacher} | {n} | {100 * n / 8:.1f}% |" in text
+    for metric in ("global_naturalness", "local_naturalness", "rsr"):
+        assert f"### {metric} (" in text
+    assert "![local_naturalness of selected and rejected rows](score_histogram.png)" in text
+    assert "hf-localnat select scored.parquet --by local_naturalness --group_by prompt_id --k 1" in text
+    assert "2510.03988" in text and "2601.14249" in text  # rsr was computed, so its paper is cited
+
+
+def test_selection_without_scored_pool_still_gets_a_card(tmp_path: Path) -> None:
+    selected = select_responses(scored_pool(), by="rsr")
+    push_selection(selected, to_dir=tmp_path / "sel", selection_config=SelectionConfig(by="rsr"))
+    card = DatasetCard.load(tmp_path / "sel" / "README.md")
+    assert card.data.to_dict()["hf_localnat"]["num_rows_before"] is None
+    assert "no teacher ranking" in card.text and not (tmp_path / "sel" / "score_histogram.png").exists()
+
+
+def test_to_dir_refuses_a_non_empty_folder_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    selected = select_responses(scored_pool(), by="local_naturalness")
+    out = tmp_path / "sel"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(LocalnatError, match="not empty"):
+        push_selection(selected, to_dir=out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sel"]  # no temporary folder left
+
+    push_selection(selected, to_dir=out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "README.md").exists()
+    with pytest.raises(LocalnatError, match="exactly one"):
+        push_selection(selected)
+
+
+def test_cli_push_selection_checks_the_flags_against_the_scored_pool(tmp_path: Path, capsys) -> None:
+    scored = scored_pool()
+    scored.to_parquet(str(tmp_path / "scored.parquet"))
+    select_responses(scored, by="rsr").to_json(str(tmp_path / "selected.jsonl"))
+    args = ["push-selection", str(tmp_path / "selected.jsonl"), "--scored", str(tmp_path / "scored.parquet")]
+
+    assert main([*args, "--to_dir", str(tmp_path / "wrong")]) == 2  # selected by rsr, but --by defaults to local
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("hf-localnat: error:") and "--by local_naturalness" in errors[0]
+    assert not (tmp_path / "wrong").exists()
+
+    assert main([*args, "--by", "rsr", "--to_dir", str(tmp_path / "ok")]) == 0
+    block = DatasetCard.load(tmp_path / "ok" / "README.md").data.to_dict()["hf_localnat"]
+    assert block["selection"]["by"] == "rsr" and block["num_rows_before"] == 24
+    assert main([*args, "--by", "rsr", "--to_dir", str(tmp_path / "ok"), "--repo_id", "a/b"]) == 2
+
+
+def test_demo_writes_a_published_folder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--limit_prompts", "2", "--metrics", "global,local", "--output_dir", str(out)]) == 0
+    loaded = datasets.load_dataset(str(out), split="train")
+    assert len(loaded) == 2 and set(loaded["prompt_id"]) == {r["prompt_id"] for r in read_jsonl(DEMO_POOL)[:8]}
+    block = DatasetCard.load(out / "README.md").data.to_dict()["hf_localnat"]
+    assert block["student"] == "embedded:SmolLM2-135M-Instruct" and block["num_rows_before"] == 8
+    assert (out / "score_histogram.png").read_bytes().startswith(PNG_MAGIC)
+    assert main(["demo", "--limit_prompts", "2", "--metrics", "global", "--output_dir", str(out)]) == 0  # reruns
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Students, offline
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def trained(tmp_path: Path) -> ReselectingSFTTrainer:
+    """One step of reselecting SFT on a tiny model (the tokenizer of ``tiny_student_dir``)."""
+    tokenizer = build_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    pool = datasets.Dataset.from_list(read_jsonl(DEMO_POOL)[:8])
+    args = ReselectConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        report_to=[],
+        save_strategy="no",
+        window=2,
+        disable_tqdm=True,
+        selection_repo="tester/demo-selection",
+    )
+    trainer = ReselectingSFTTrainer(
+        model=build_model(len(tokenizer)), args=args, candidate_dataset=pool, processing_class=tokenizer
+    )
+    trainer.train()
+    return trainer
+
+
+def check_student_card(card: ModelCard, history_rounds: int) -> None:
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "org/tiny-base" and meta["datasets"] == ["tester/demo-selection"]
+    assert meta["library_name"] == "transformers"
+    assert {"hf-localnat", "distillation", "data-selection", "trl", "sft"} <= set(meta["tags"])
+    assert meta["hf_localnat"]["reselection_rounds"] == history_rounds
+    assert "## Training procedure" in card.text  # TRL's own card is kept ...
+    assert "## Distillation data (hf_localnat)" in card.text  # ... and extended, once
+    assert card.text.count("## Distillation data (hf_localnat)") == 1
+    assert "| `learning_rate` |" in card.text and "| `window` | `2` |" in card.text
+    assert "### Reselection history" in card.text and "| 0 | initial | 0 |" in card.text
+
+
+def test_push_student_from_a_trainer_and_from_its_saved_folder(trained, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    out = push_student(
+        trained, to_dir=tmp_path / "student", selection_repo="tester/demo-selection", base_model="org/tiny-base"
+    )
+    # The trainer's own card (written by TRL, then extended) plus the saved model and tokenizer.
+    check_student_card(ModelCard.load(Path(out) / "README.md"), len(trained.selection_history))
+    assert (Path(out) / "tokenizer_config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.num_parameters() == trained.model.num_parameters()
+
+    trained.create_model_card()
+    trained.save_model(str(tmp_path / "saved"))
+    (tmp_path / "saved" / "README.md").write_text((Path(trained.args.output_dir) / "README.md").read_text())
+    command = ["push-student", str(tmp_path / "saved"), "--to_dir", str(tmp_path / "from-folder")]
+    command += ["--selection_repo", "tester/demo-selection", "--base_model", "org/tiny-base"]
+    assert main(command) == 0
+    check_student_card(ModelCard.load(tmp_path / "from-folder" / "README.md"), len(trained.selection_history))
+
+
+def test_trainer_model_card_extends_trl_card(trained) -> None:
+    trained.create_model_card()
+    card = ModelCard.load(Path(trained.args.output_dir) / "README.md")
+    meta = card.data.to_dict()
+    assert meta["datasets"] == ["tester/demo-selection"] and "hf-localnat" in meta["tags"]
+    assert "## Training procedure" in card.text and "### Reselection history" in card.text
