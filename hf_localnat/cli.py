@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -323,6 +324,18 @@ class PushStudentArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --to-dir."})
 
 
+def _report_arguments() -> type:
+    from .report import ReportArguments
+
+    return ReportArguments
+
+
+def _run_report(args, scored_path: str) -> None:
+    from .report import run_report
+
+    run_report(args, scored_path)
+
+
 def _one_destination(repo_id: str | None, to_dir: str | None) -> None:
     if (repo_id is None) == (to_dir is None):
         raise LocalnatError("give exactly one of --repo-id ID (upload to the Hub) or --to-dir DIR (a local folder).")
@@ -412,6 +425,12 @@ COMMANDS: dict[str, tuple[Callable[[], tuple[type, ...]], str | None, Callable, 
         run_train,
         "Train the student on a selection that is re-made as it trains (works under accelerate launch).",
     ),
+    "report": (
+        lambda: (_report_arguments(),),
+        "scored",
+        lambda args, scored: _run_report(args, scored),
+        "Write report.html and PNG figures: rankings, length bias, step profiles, step labels, selection.",
+    ),
     "push-selection": (
         lambda: (PushSelectionArguments,),
         "selected",
@@ -441,6 +460,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         command = sub.add_parser(name, dataclass_types=list(dataclass_types()), help=help_text, description=help_text)
         if positional:
             command.add_argument(positional, help=help_text)
+        for action in command._actions:  # argparse %-formats help: a literal "95% CI" would crash --help
+            if action.help and "%" in action.help:
+                action.help = re.sub(r"%(?!\()", "%%", action.help)
     return parser
 
 

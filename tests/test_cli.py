@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_localnat.scorer as scorer_module
 from hf_localnat import NaturalnessScorer
-from hf_localnat.cli import main
+from hf_localnat.cli import COMMANDS, main
 from hf_localnat.errors import LocalnatError
 
 INPUT_COLUMNS = ["prompt_id", "prompt", "teacher", "response", "correct"]
@@ -255,13 +255,21 @@ def test_score_replaces_earlier_score_columns_and_limit(tmp_path, tiny_student_d
     check_scored_output(out, rows[:5], expected[:5])
 
 
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: hf-localnat {command}" in capsys.readouterr().out
+
+
 def test_subprocess_help_and_score(tmp_path, tiny_student_dir, cli_env, rows, expected):
     """The real entry point: `python -m hf_localnat --help`, and one `score` run."""
     help_run = subprocess.run(
         [sys.executable, "-m", "hf_localnat", "--help"], env=cli_env, capture_output=True, text=True, timeout=120
     )
     assert help_run.returncode == 0, help_run.stderr
-    for command in ("score", "select", "rank-teachers", "demo"):
+    for command in COMMANDS:
         assert command in help_run.stdout
 
     source = write_jsonl(tmp_path / "in.jsonl", rows)
