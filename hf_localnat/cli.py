@@ -324,6 +324,18 @@ class PushStudentArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --to-dir."})
 
 
+def _evaluate_arguments() -> type:
+    from .evaluation import EvaluateArguments
+
+    return EvaluateArguments
+
+
+def _run_evaluate(args) -> None:
+    from .evaluation import run_evaluate
+
+    run_evaluate(args)
+
+
 def _report_arguments() -> type:
     from .report import ReportArguments
 
@@ -430,6 +442,12 @@ COMMANDS: dict[str, tuple[Callable[[], tuple[type, ...]], str | None, Callable, 
         "scored",
         lambda args, scored: _run_report(args, scored),
         "Write report.html and PNG figures: rankings, length bias, step profiles, step labels, selection.",
+    ),
+    "evaluate": (
+        lambda: (_evaluate_arguments(),),
+        None,
+        lambda args: _run_evaluate(args),
+        "Greedy-decode a benchmark with the student, check answers with math-verify, report accuracy and its CI.",
     ),
     "push-selection": (
         lambda: (PushSelectionArguments,),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -341,7 +342,10 @@ def _template(name: str) -> Path:
 # ----------------------------------------------------------------------------------------------- upload
 
 
-def _retry(action: Callable[[], _T], what: str, attempts: int = 3, wait_s: float = 1.0) -> _T:
+RETRY_WAIT_S = 1.0  # first back-off; doubled per attempt
+
+
+def _retry(action: Callable[[], _T], what: str, attempts: int = 3) -> _T:
     """Run ``action``; retry a network failure or a 5xx answer (commits are atomic, so a retry is safe)."""
     for attempt in range(1, attempts + 1):
         try:
@@ -352,18 +356,18 @@ def _retry(action: Callable[[], _T], what: str, attempts: int = 3, wait_s: float
             if not transient or attempt == attempts:
                 raise
             logger.warning("%s failed (%s); retrying (%d/%d)", what, err, attempt, attempts - 1)
-            time.sleep(wait_s * attempt)
+            time.sleep(RETRY_WAIT_S * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:
+    """Errors a flaky network or server raises through huggingface_hub (its HTTP library varies by version)."""
     errors: list[type[BaseException]] = [HfHubHTTPError, OSError]
-    try:
-        import httpx
-
-        errors.append(httpx.HTTPError)
-    except ImportError:  # pragma: no cover - huggingface_hub >= 1.0 uses httpx
-        pass
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
     return tuple(errors)
 
 
@@ -436,8 +440,8 @@ def upload_folder_to_hub(
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status in (401, 403):
             raise LocalnatError(
-                f"{repo_id}: the Hub refused the upload ({status}); the repo exists and you cannot write to it. "
-                "Pick another --repo-id."
+                f"{repo_id}: the Hub refused the upload ({status}): this token cannot write to it. Use a token "
+                "with write access, or another --repo-id."
             ) from err
         raise LocalnatError(f"upload to {repo_id} failed after {attempts} attempts ({_reason(err)}).") from err
     return str(url)

@@ -14,6 +14,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+pytest_plugins = ["hub_server"]  # the `hub_server` fixture: a Hub-compatible HTTP server on 127.0.0.1
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 MATH_L5 = SHARED / "multiteacher" / "zeroeval_math_l5.jsonl"

@@ -214,3 +214,90 @@ def test_trainer_model_card_extends_trl_card(trained) -> None:
     meta = card.data.to_dict()
     assert meta["datasets"] == ["tester/demo-selection"] and "hf-localnat" in meta["tags"]
     assert "## Training procedure" in card.text and "### Reselection history" in card.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Uploads, through the real huggingface_hub client to the HTTP test Hub (tests/hub_server.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def no_wait(monkeypatch) -> None:
+    monkeypatch.setattr("hf_localnat.hub.RETRY_WAIT_S", 0.0)
+
+
+def test_push_selection_uploads_one_commit_that_loads_back(hub_server) -> None:
+    from huggingface_hub import hf_hub_download
+
+    scored = scored_pool()
+    selected = select_responses(scored, by="local_naturalness")
+    url = push_selection(selected, repo_id="tester/math-selection", scored=scored)
+    assert url.endswith("/datasets/tester/math-selection")
+
+    files = hub_server.files("tester/math-selection", "dataset")
+    assert {"README.md", "score_histogram.png", "data/train-00000-of-00001.parquet"} <= set(files)
+    assert files["score_histogram.png"].startswith(PNG_MAGIC)
+    assert len(hub_server.commits("tester/math-selection", "dataset")) == 2  # the repo's initial commit + ours
+    loaded = datasets.load_dataset("tester/math-selection", split="train")
+    assert rows_of(loaded) == rows_of(selected)
+    card = DatasetCard.load(hf_hub_download("tester/math-selection", "README.md", repo_type="dataset"))
+    assert card.data.to_dict()["hf_localnat"]["num_rows_after"] == len(selected)
+    assert not hub_server.blocked and not hub_server.errors
+
+
+def test_upload_errors_are_one_line_and_leave_no_repo(hub_server, monkeypatch, no_wait) -> None:
+    selected = select_responses(scored_pool(), by="local_naturalness")
+
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(LocalnatError, match="no Hugging Face token"):
+        push_selection(selected, repo_id="tester/a")
+    assert hub_server.requests == []  # refused before anything was built or sent
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+    hub_server.add_foreign_repo("other-org/taken", "dataset", files={"README.md": "theirs"})
+    with pytest.raises(LocalnatError, match="cannot write to namespace 'other-org'"):
+        push_selection(selected, repo_id="other-org/taken")
+    assert hub_server.files("other-org/taken", "dataset")["README.md"] == b"theirs"
+
+    # The Hub refuses the write itself (403): the repo this call created is deleted again.
+    hub_server.fail_next("POST", r"/api/datasets/tester/denied/(preupload|commit)/", times=5, status=403)
+    with pytest.raises(LocalnatError, match="refused the upload"):
+        push_selection(selected, repo_id="tester/denied")
+    assert not hub_server.repo_exists("tester/denied", "dataset")
+
+    # A network that keeps failing: three attempts, then one line, and no half-made repo.
+    hub_server.fail_next("POST", r"/api/datasets/tester/flaky/commit/", times=3, status=503)
+    with pytest.raises(LocalnatError, match="failed after 3 attempts"):
+        push_selection(selected, repo_id="tester/flaky")
+    assert not hub_server.repo_exists("tester/flaky", "dataset")
+    assert not hub_server.blocked and not hub_server.errors
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["http-500", "dropped-connection"])
+def test_a_failure_mid_upload_is_retried(hub_server, no_wait, drop: bool) -> None:
+    selected = select_responses(scored_pool(), by="local_naturalness")
+    hub_server.fail_next("POST", r"/api/datasets/tester/retry/commit/", times=1, status=500, drop=drop)
+    push_selection(selected, repo_id="tester/retry")
+    commits = [r for r in hub_server.requests if r[0] == "POST" and "/commit/" in r[1]]
+    assert len(commits) == 2
+    assert rows_of(datasets.load_dataset("tester/retry", split="train")) == rows_of(selected)
+
+
+def test_push_student_uploads_model_and_card(hub_server, trained, tmp_path: Path) -> None:
+    from huggingface_hub import snapshot_download
+    from transformers import AutoModelForCausalLM
+
+    push_student(trained, repo_id="tester/student", selection_repo="tester/demo-selection", base_model="org/tiny-base")
+    folder = Path(snapshot_download("tester/student", local_dir=tmp_path / "download"))
+    check_student_card(ModelCard.load(folder / "README.md"), len(trained.selection_history))
+    assert AutoModelForCausalLM.from_pretrained(folder).num_parameters() == trained.model.num_parameters()
+
+
+def test_cli_push_selection_to_the_hub(hub_server, tmp_path: Path, capsys) -> None:
+    scored = scored_pool()
+    scored.to_parquet(str(tmp_path / "scored.parquet"))
+    select_responses(scored, by="rsr").to_json(str(tmp_path / "selected.jsonl"))
+    args = ["push-selection", str(tmp_path / "selected.jsonl"), "--scored", str(tmp_path / "scored.parquet")]
+    assert main([*args, "--by", "rsr", "--repo_id", "tester/cli-selection"]) == 0
+    assert "tester/cli-selection" in capsys.readouterr().out
+    assert len(datasets.load_dataset("tester/cli-selection", split="train")) == 8
