@@ -1,0 +1,197 @@
+"""Shared plumbing for the dataset scripts: read any supported file, write long format, fail in one line."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+import unicodedata
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from datasets import Dataset
+
+from hf_localnat.data_io import load_rows, require_columns, write_rows
+from hf_localnat.errors import LocalnatError
+
+LONG_COLUMNS = ("prompt_id", "prompt", "teacher", "response")
+GRADE_COLUMNS = ("model_answer", "correct")
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``SCRIPT: error: MESSAGE`` and exit 2, like argparse does for bad arguments."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def load_long(source: str | os.PathLike, required: Iterable[str] = (), split: str = "train") -> list[dict]:
+    """Rows of a data file or folder as dicts; a missing file or column exits with one line."""
+    try:
+        ds = load_rows(source, split=split)
+        require_columns(ds, required, str(source))
+    except LocalnatError as err:
+        fail(str(err))
+    return ds.to_list()
+
+
+def save_long(rows: list[dict], output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write rows atomically in the format the suffix names; refuse to replace a file unless ``overwrite``."""
+    path = Path(output)
+    if path.exists() and not overwrite:
+        fail(f"{path} exists; pass --overwrite to replace it.")
+    if not rows:
+        fail("no rows to write.")
+    # Dataset.from_list takes its columns from the first row: give every row every column (None where absent).
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    rows = [{column: row.get(column) for column in columns} for row in rows]
+    try:
+        ds = Dataset.from_list(rows)
+    except (TypeError, ValueError, ArithmeticError) as err:  # pyarrow's ArrowInvalid/ArrowTypeError are these
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        fail(f"{path}: the rows cannot be stored together ({first}). Make each column hold one type.")
+    return write_rows(ds, path)
+
+
+def normalize_prompt(text: str) -> str:
+    """The form prompts are compared in: NFKC, whitespace runs collapsed to one space, stripped, casefolded.
+
+    Example:
+        >>> normalize_prompt("  What is\\u00a02+2?\\n")
+        'what is 2+2?'
+    """
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def prompt_hash(text: str) -> str:
+    """A stable prompt id: the first 16 hex digits of the SHA-256 of the normalized prompt.
+
+    Example:
+        >>> prompt_hash("What is 2+2?") == prompt_hash("  what is 2+2? ")
+        True
+    """
+    return hashlib.sha256(normalize_prompt(text).encode("utf-8")).hexdigest()[:16]
+
+
+def teacher_from_path(path: str | os.PathLike) -> str:
+    """The teacher named by a file name: ``runs/gpt-4o.jsonl`` -> ``gpt-4o`` (a folder: its name)."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every conversion script shares: --reference-column and --overwrite."""
+    parser.add_argument(
+        "--reference-column",
+        default=None,
+        help="Column holding the reference answer (a number, a bare answer, a '#### N' or \\boxed{} solution): "
+        "adds model_answer (the answer read from the response) and correct (True/False, or empty when no answer "
+        "can be read), checked with math-verify.",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it exists.")
+
+
+def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
+    """Exactly one way to name the teacher: a column, the input file names, or one name for all rows."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--teacher-column", help="Column naming the teacher of each row.")
+    group.add_argument(
+        "--teacher-from-filename",
+        action="store_true",
+        help="Name the teacher after each input file (runs/gpt-4o.jsonl -> gpt-4o).",
+    )
+    group.add_argument("--teacher", help="One teacher name for every row.")
+
+
+def text_cell(value: Any, where: str, fix: str, allow_none: bool = False, numbers: bool = False) -> str | None:
+    """``value`` if it is text; else exit naming ``where`` (file, row, column) and the ``fix``.
+
+    With ``numbers``, a number becomes its text: a CSV reader turns a response cell "4" into the integer 4.
+    """
+    if value is None and allow_none:
+        return None
+    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        got = "nothing" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+        fail(f"{where}: expected text, got {got}. {fix}")
+    return value
+
+
+def message_text(content: Any, where: str) -> str:
+    """The text of one chat message's content: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(part, dict) for part in content):
+        texts = [part.get("text") for part in content if part.get("type", "text") == "text"]
+        if texts and all(isinstance(text, str) for text in texts):
+            return "".join(texts)
+    fail(f"{where}: message content must be text or a list of text parts, got {str(content)[:60]!r}.")
+
+
+def split_conversation(
+    messages: Any, where: str, system_in_prompt: bool = False, need_response: bool = True
+) -> tuple[str | None, str | None, str | None]:
+    """``(system, prompt, response)`` of a chat: the final assistant turn and the last user turn before it.
+
+    Earlier turns are dropped: scoring reads a response in the context of the prompt that asked for it. The system
+    prompt is returned apart, or put before the prompt (a blank line between) with ``system_in_prompt``.
+
+    Example:
+        >>> split_conversation([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+        ...                     {"role": "assistant", "content": "4"}], "row 0")
+        ('Be brief.', '2+2?', '4')
+    """
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        fail(f"{where}: expected a list of {{role, content}} messages, got {str(messages)[:60]!r}.")
+    roles = [message["role"] for message in messages]
+    end = len(messages)
+    response = None
+    if need_response:
+        if "assistant" not in roles:
+            fail(f"{where}: no assistant turn (roles: {', '.join(map(str, roles)) or 'none'}). Drop the row or fix it.")
+        end = len(roles) - 1 - roles[::-1].index("assistant")
+        response = message_text(messages[end].get("content"), f"{where}, message {end}")
+    users = [i for i in range(end) if roles[i] == "user"]
+    prompt = message_text(messages[users[-1]].get("content"), f"{where}, message {users[-1]}") if users else None
+    if prompt is None:
+        before = " before the final assistant turn" if need_response else ""
+        fail(f"{where}: no user turn{before}. Drop the row or fix it.")
+    systems = [
+        message_text(messages[i].get("content"), f"{where}, message {i}") for i in range(end) if roles[i] == "system"
+    ]
+    system = "\n\n".join(systems) if systems else None
+    if system_in_prompt and system is not None:
+        return None, (f"{system}\n\n{prompt}" if prompt is not None else system), response
+    return system, prompt, response
+
+
+def extra_columns(row: dict, used: Iterable[str], reserved: Iterable[str] = LONG_COLUMNS) -> dict:
+    """The row's other columns, kept as they are; those named like an output column (``reserved``) are replaced."""
+    skip = set(used) | set(reserved)
+    return {key: value for key, value in row.items() if key not in skip}
+
+
+def note_replaced(
+    columns: Iterable[str], used: Iterable[str], source: str, reserved: Iterable[str] = LONG_COLUMNS
+) -> None:
+    """Say on stderr which input columns the output's own columns replace (an old ``prompt_id``, say)."""
+    replaced = [column for column in columns if column in set(reserved) and column not in set(used)]
+    if replaced:
+        print(
+            f"note: {source}: input column(s) {', '.join(replaced)} replaced by the long format's own "
+            "(pass them as --id-column/--prompt-column/... to use them instead).",
+            file=sys.stderr,
+        )
+
+
+def add_correctness(rows: list[dict], reference_column: str | None) -> None:
+    """Add ``model_answer`` and ``correct`` to every row (in place) by checking ``response`` against the reference."""
+    if not reference_column:
+        return
+    from hf_localnat.answers import grade
+
+    for row in rows:
+        row["model_answer"], row["correct"] = grade(row.get(reference_column), row.get("response"))

@@ -1,0 +1,107 @@
+"""Turn conversational datasets (a ``messages`` list of ``{role, content}`` per row) into hf_localnat's long format.
+
+The response is the final assistant turn; the prompt is the last user turn before it. Earlier turns are dropped,
+because scoring reads a response in the context of the question it answers. A system prompt is kept apart in a
+``system`` column, so that the same question asked under different system prompts still joins as one prompt; pass
+``--system-in-prompt`` to put it before the prompt instead (a blank line between). Other columns are kept.
+
+The teacher comes from a column (``--teacher-column``), from each input file's name (``--teacher-from-filename``,
+one file per teacher), or is given (``--teacher``). The prompt id comes from ``--id-column``, else from a hash of
+the normalized prompt.
+
+Example:
+    python dataset_scripts/messages_to_long.py runs/gpt-4o.jsonl runs/claude.jsonl pool.jsonl \
+        --teacher-from-filename --reference-column reference_answer
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    add_correctness,
+    add_output_arguments,
+    add_teacher_arguments,
+    extra_columns,
+    fail,
+    load_long,
+    note_replaced,
+    prompt_hash,
+    save_long,
+    split_conversation,
+    teacher_from_path,
+    text_cell,
+)
+
+
+def messages_to_long(
+    rows: list[dict],
+    teacher: str | None = None,
+    teacher_column: str | None = None,
+    messages_column: str = "messages",
+    id_column: str | None = None,
+    system_in_prompt: bool = False,
+    source: str = "input",
+) -> list[dict]:
+    """Long rows from conversational rows; the teacher is ``teacher``, or each row's ``teacher_column``.
+
+    Example:
+        >>> chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+        >>> messages_to_long([{"messages": chat, "id": 7}], teacher="a", id_column="id")
+        [{'prompt_id': 7, 'prompt': '2+2?', 'teacher': 'a', 'response': '4'}]
+    """
+    used = {messages_column, *(c for c in (teacher_column, id_column) if c)}
+    long_rows = []
+    for index, row in enumerate(rows):
+        where = f"{source} row {index}"
+        system, prompt, response = split_conversation(
+            row.get(messages_column), f"{where}, column {messages_column!r}", system_in_prompt
+        )
+        name = teacher
+        if teacher_column:
+            name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
+        prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
+        if prompt_id is None:
+            fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to hash the prompt.")
+        long_row = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
+        long_row.update(extra_columns(row, used))
+        if system is not None:
+            long_row["system"] = system  # the conversation's own system prompt wins over a `system` column
+        long_rows.append(long_row)
+    return long_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="Conversational files (.jsonl, .json, .parquet) or folders.")
+    parser.add_argument("output", help="Where to write the long rows (.jsonl, .json, .parquet, .csv or a folder).")
+    add_teacher_arguments(parser)
+    parser.add_argument("--messages-column", default="messages", help="Column holding the list of messages.")
+    parser.add_argument("--id-column", default=None, help="Column holding the prompt id (default: hash of prompt).")
+    parser.add_argument(
+        "--system-in-prompt", action="store_true", help="Put the system prompt before the prompt, not in `system`."
+    )
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    required = [args.messages_column] + [c for c in (args.teacher_column, args.id_column, args.reference_column) if c]
+    long_rows: list[dict] = []
+    for path in args.inputs:
+        rows = load_long(path, required=required)
+        note_replaced(rows[0] if rows else [], required, path)
+        teacher = teacher_from_path(path) if args.teacher_from_filename else args.teacher
+        long_rows += messages_to_long(
+            rows, teacher, args.teacher_column, args.messages_column, args.id_column, args.system_in_prompt, path
+        )
+    add_correctness(long_rows, args.reference_column)
+    save_long(long_rows, args.output, overwrite=args.overwrite)
+    teachers = len({row["teacher"] for row in long_rows})
+    print(f"wrote {len(long_rows)} rows from {len(args.inputs)} files ({teachers} teachers) -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""``evaluate``: plumbing on the tiny random student, grading on scripted generations, real benchmark columns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED, read_jsonl
+
+import hf_localnat.evaluation as evaluation
+from hf_localnat.answers import is_correct, reference_answer
+from hf_localnat.errors import LocalnatError
+from hf_localnat.evaluation import (
+    EvaluateArguments,
+    detect_columns,
+    evaluate_student,
+    load_benchmark,
+    run_evaluate,
+    wilson_interval,
+)
+
+BENCHMARKS = SHARED / "benchmarks"
+METRIC_KEYS = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "num_problems"}
+RECORD_KEYS = {"index", "problem", "reference", "generation", "extracted_answer", "correct", "truncated"}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_benchmark(tmp_path) -> Path:
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"Add them.\n#### {2 * i}", "idx": i} for i in range(5)]
+    return write_jsonl(tmp_path / "bench.jsonl", rows)
+
+
+def test_run_evaluate_plumbing_on_the_tiny_student(tiny_student_dir, tiny_benchmark, tmp_path, capsys):
+    out = tmp_path / "eval" / "records.jsonl"
+    args = EvaluateArguments(
+        student=str(tiny_student_dir), benchmark=str(tiny_benchmark), max_new_tokens=6, limit=3, output=str(out),
+        batch_size=2,
+    )  # fmt: skip
+    metrics = run_evaluate(args)
+    assert METRIC_KEYS <= set(metrics) and metrics["num_problems"] == 3  # --limit respected
+    assert 0.0 <= metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"] <= 1.0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and all(set(record) == RECORD_KEYS for record in records)
+    assert [record["problem"] for record in records] == [f"What is {i} + {i}?" for i in range(3)]
+    assert [record["reference"] for record in records] == ["0", "2", "4"]
+    assert all(isinstance(record["generation"], str) and record["correct"] in (True, False, None) for record in records)
+    printed = capsys.readouterr().out
+    assert "bench: accuracy" in printed and "95% CI" in printed and str(out) in printed
+
+
+@pytest.mark.parametrize(
+    ("rows", "overrides", "message"),
+    [
+        ([{"text": "x", "answer": "1"}], {}, "Pass --problem_column NAME"),
+        ([{"problem": "x", "label": "1"}], {}, "Pass --answer_column NAME"),
+        ([{"problem": "x", "answer": "1"}], {"answer_column": "gold"}, "column 'gold' not found"),
+        ([{"problem": "x", "answer": None}, {"problem": "y", "answer": None}], {}, "no reference answer"),
+        (None, {}, "not found. Check the path"),
+        ([{"problem": "x", "answer": "1"}], {"max_new_tokens": 0}, "--max_new_tokens must be >= 1"),
+        ([{"problem": "x", "answer": "1"}], {"output": "records.txt"}, "use a .jsonl"),
+    ],
+)
+def test_bad_benchmark_raises_one_line(tmp_path, rows, overrides, message):
+    path = tmp_path / "bench.jsonl"
+    if rows is not None:
+        write_jsonl(path, rows)
+    # student is never loaded: every mistake is caught before (the student path does not exist).
+    args = EvaluateArguments(student=str(tmp_path / "no-student"), benchmark=str(path), **overrides)
+    with pytest.raises(LocalnatError, match=message) as err:
+        run_evaluate(args)
+    assert "\n" not in str(err.value)
+
+
+def test_malformed_benchmark_line(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    path.write_text('{"problem": "x", "answer": "1"}\n{"problem": \n')
+    with pytest.raises(LocalnatError, match="line 2: malformed JSON"):
+        load_benchmark(str(path))
+
+
+def test_grading_with_scripted_generations(monkeypatch, tiny_model, tiny_tokenizer):
+    problems = ["What is 1/2 as a decimal?", "GSM: 600 + 634?", "What is 3 + 4?", "Name a prime.", "What is 9 - 1?"]
+    answers = ["0.5", "Sum.\n#### 1,234", 7.0, "2", "8"]
+    scripted = {
+        problems[0]: r"Half is \boxed{\frac{1}{2}}",  # equal, though written differently
+        problems[1]: "600 + 634 = 1234. The answer is 1,234.",
+        problems[2]: r"\boxed{8}",  # wrong
+        problems[3]: "I do not know.",  # no answer -> None, counted wrong
+        problems[4]: "Final Answer: 8",
+    }
+    seen_batches = []
+
+    def fake_generate(model, prompts, max_new_tokens, pad_id, eos_ids):
+        seen_batches.append(len(prompts))
+        results = []
+        for ids in prompts:
+            text = tiny_tokenizer.decode(ids)
+            problem = next(p for p in problems if p in text)
+            assert text.startswith("<|user|>") and "\\boxed{}" in text  # the chat template and the instruction
+            results.append((tiny_tokenizer(scripted[problem], add_special_tokens=False)["input_ids"], False))
+        return results
+
+    monkeypatch.setattr(evaluation, "_generate", fake_generate)
+    records, metrics = evaluate_student(tiny_model, tiny_tokenizer, problems, answers, batch_size=2, progress=False)
+    assert seen_batches == [2, 2, 1]
+    assert [record["correct"] for record in records] == [True, True, False, None, True]
+    assert [record["extracted_answer"] for record in records] == [r"\frac{1}{2}", "1234", "8", None, "8"]
+    assert [record["generation"] for record in records] == [scripted[p] for p in problems]
+    assert metrics["accuracy"] == pytest.approx(0.6)
+    assert metrics["num_correct"] == 3 and metrics["num_no_answer"] == 1 and metrics["num_problems"] == 5
+    low, high = wilson_interval(3, 5)
+    assert (metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]) == (low, high)
+
+
+def test_real_generation_is_greedy_and_deterministic(tiny_model, tiny_tokenizer):
+    problems, answers = ["What is 2 + 2?", "Compute 10 / 5, please, and explain."], ["4", "2"]
+    first, _ = evaluate_student(tiny_model, tiny_tokenizer, problems, answers, 5, batch_size=2, progress=False)
+    # Batched (left-padded) and one-at-a-time generations agree: the padding is masked.
+    alone, _ = evaluate_student(tiny_model, tiny_tokenizer, problems, answers, 5, batch_size=1, progress=False)
+    assert [r["generation"] for r in first] == [r["generation"] for r in alone]
+    assert all(r["truncated"] in (True, False) for r in first)
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.0 < wilson_interval(0, 10)[1] < 0.35
+    assert wilson_interval(10, 10)[1] == 1.0 and 0.65 < wilson_interval(10, 10)[0] < 1.0
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+EXPECTED_COLUMNS = {
+    "math500": ("problem", "answer"),
+    "gsm8k": ("question", "answer"),
+    "aime24": ("problem", "answer"),
+    "aime25": ("problem", "answer"),
+    "amc23": ("problem", "answer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COLUMNS))
+def test_real_benchmark_columns_are_detected(name):
+    path = BENCHMARKS / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    rows = read_jsonl(path, limit=3)
+    problem, answer = detect_columns(list(rows[0]), source=str(path))
+    assert (problem, answer) == EXPECTED_COLUMNS[name]
+    for row in rows:
+        assert isinstance(row[problem], str) and row[problem].strip()
+        # The reference reads as an answer, and a response boxing that answer is graded correct.
+        gold = reference_answer(row[answer])
+        assert gold and "####" not in gold
+        assert is_correct(row[answer], f"So the result is \\boxed{{{gold}}}.") is True
