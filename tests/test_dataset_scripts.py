@@ -17,6 +17,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import join_teachers  # noqa: E402
 import messages_to_long  # noqa: E402
+import processbench_to_long  # noqa: E402
 import prompt_completion_to_long  # noqa: E402
 import take_prompts  # noqa: E402
 import wide_to_long  # noqa: E402
@@ -227,6 +228,32 @@ def test_take_prompts(tmp_path, capsys):
     assert [(r["prompt_id"], r["teacher"]) for r in read_jsonl(out)] == [(1, "a"), (1, "b")]
     line = error_line(capsys, lambda: take_prompts.main([str(pool), str(tmp_path / "x.jsonl"), "--prompts", "0"]))
     assert "--prompts must be >= 1" in line
+
+
+def test_processbench_to_long_keeps_steps_recoverable(tmp_path, capsys):
+    from hf_localnat.segmentation import split_steps
+
+    records = [
+        {"id": "m-0", "generator": "g1", "problem": "1+1?", "steps": ["We add.\n\nStill step one.", "1+1=3."],
+         "final_answer_correct": False, "label": 1},
+        {"id": "m-1", "generator": "g2", "problem": "2+2?", "steps": ["2+2=4.", "So 4."], "label": -1},
+    ]
+    source = tmp_path / "pb.json"
+    source.write_text(json.dumps(records))
+    out = tmp_path / "pb.jsonl"
+    assert processbench_to_long.main([str(source), str(out)]) == 0
+    rows = read_jsonl(out)
+    assert [r["prompt_id"] for r in rows] == ["m-0", "m-1"] and [r["teacher"] for r in rows] == ["g1", "g2"]
+    assert rows[0]["response"] == "We add.\nStill step one.\n\n1+1=3." and rows[0]["label"] == 1
+    for row in rows:  # the paragraph splitter gives back exactly the labelled steps
+        spans = split_steps(row["response"], "paragraph")
+        assert [row["response"][a:b].strip() for a, b in spans] == row["steps"]
+
+    records[1]["label"] = 2
+    source.write_text(json.dumps(records))
+    line = error_line(capsys, lambda: processbench_to_long.main([str(source), str(tmp_path / "bad.jsonl")]))
+    assert "record 1 (m-1): label 2 is not -1 or a step index" in line
+    assert not (tmp_path / "bad.jsonl").exists()
 
 
 def test_script_help_and_error_in_a_real_process(tmp_path):
