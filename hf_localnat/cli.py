@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
+from .distributed import destroy_process_group_at_exit
 from .errors import LocalnatError
 
 logger = logging.getLogger("hf_localnat")
@@ -151,6 +153,7 @@ def launch_state():
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True accelerate would not use gloo
+    destroy_process_group_at_exit()
     if state.device.type == "cpu":  # CPU processes share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
     return state
@@ -285,6 +288,12 @@ def run_train(args: TrainArguments, config) -> None:
         tokenizer.save_pretrained(config.output_dir)
         rounds = len(trainer.selection_history)
         print(f"Trained {trainer.state.global_step} steps with {rounds} selection rounds -> {config.output_dir}")
+    if trainer.args.world_size > 1:
+        # Destroy the process group, then free the DDP-wrapped model that holds it: left to interpreter exit,
+        # gloo's threads can abort a finished CPU run ("terminate called without an active exception").
+        trainer.accelerator.end_training()
+        del trainer
+        gc.collect()
 
 
 @dataclass

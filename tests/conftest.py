@@ -72,8 +72,12 @@ def run_accelerate(args: list[str], tmp_path: Path, num_processes: int = 2) -> s
         if done.returncode == 0 or "address already in use" not in done.stderr.lower():
             break
     if done.returncode != 0:
-        errors = [line for line in done.stderr.splitlines() if "rror" in line]
-        done.stderr = "\n".join(errors[-20:]) + "\n...\n" + done.stderr[-2000:]
+        # A rank killed by a C++ abort leaves its reason in lines such as "terminate called ... what(): ...";
+        # keep those (and Python errors) in front, and the whole log next to the test's files.
+        (tmp_path / "accelerate-stderr.txt").write_text(done.stderr)
+        keep = ("rror", "terminate", "what()", "bort", "Exception", "Timeout", "timed out")
+        errors = [line for line in done.stderr.splitlines() if any(k in line for k in keep)]
+        done.stderr = "\n".join(errors[-30:]) + "\n...\n" + done.stderr[-2000:]
     return done
 
 

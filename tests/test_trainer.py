@@ -383,7 +383,7 @@ def test_resume_from_another_pool_fails(tmp_path, tokenizer):
 # ---------------------------------------------------------------------------------------------------------
 
 RANK_SCRIPT = """
-import json, sys
+import gc, json, sys
 
 import torch
 from datasets import Dataset
@@ -410,6 +410,11 @@ history = [{k: v for k, v in r.items() if k not in ("seconds", "share_of_trainin
 with open(f"{out}/rank{trainer.args.process_index}.json", "w") as f:
     json.dump({"world_size": trainer.args.world_size, "selected": state.selected, "scores": state.scores,
                "history": history}, f)
+# End as the README says for CPU processes: destroy the process group, then free the DDP-wrapped model that
+# still holds it; otherwise gloo's threads can abort the process at exit ("terminate called ...").
+trainer.accelerator.end_training()
+del trainer
+gc.collect()
 """
 
 

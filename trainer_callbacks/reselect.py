@@ -19,6 +19,7 @@ from typing import Any
 import datasets
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from hf_localnat.distributed import destroy_process_group_at_exit
 from hf_localnat.errors import LocalnatError
 from hf_localnat.metrics import prompt_ids
 from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
@@ -190,6 +191,8 @@ class ReselectCallback(TrainerCallback):
 
         started = time.perf_counter()
         dist = PartialState()
+        if dist.num_processes > 1:
+            destroy_process_group_at_exit()
         groups = list(self.rows_by_group)
         first = not self.state.history
         if (
