@@ -195,3 +195,30 @@ def add_correctness(rows: list[dict], reference_column: str | None) -> None:
 
     for row in rows:
         row["model_answer"], row["correct"] = grade(row.get(reference_column), row.get("response"))
+
+
+def long_row(
+    row: dict,
+    where: str,
+    prompt: str,
+    response: str,
+    system: str | None,
+    teacher: str | None,
+    *,
+    teacher_column: str | None,
+    id_column: str | None,
+    used: set[str],
+) -> dict:
+    """One long-format row from a parsed conversation: teacher from the column (else ``teacher``), id from the
+    column (else a hash of the prompt), the input's other columns kept, and the conversation's system prompt."""
+    name = teacher
+    if teacher_column:
+        name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
+    prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
+    if prompt_id is None:
+        fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to hash the prompt.")
+    out = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
+    out.update(extra_columns(row, used))
+    if system is not None:
+        out["system"] = system  # the conversation's own system prompt wins over a `system` column
+    return out

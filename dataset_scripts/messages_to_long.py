@@ -26,15 +26,12 @@ from _common import (  # noqa: E402
     add_correctness,
     add_output_arguments,
     add_teacher_arguments,
-    extra_columns,
-    fail,
     load_long,
+    long_row,
     note_replaced,
-    prompt_hash,
     save_long,
     split_conversation,
     teacher_from_path,
-    text_cell,
 )
 
 
@@ -61,17 +58,12 @@ def messages_to_long(
         system, prompt, response = split_conversation(
             row.get(messages_column), f"{where}, column {messages_column!r}", system_in_prompt
         )
-        name = teacher
-        if teacher_column:
-            name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
-        prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
-        if prompt_id is None:
-            fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to hash the prompt.")
-        long_row = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
-        long_row.update(extra_columns(row, used))
-        if system is not None:
-            long_row["system"] = system  # the conversation's own system prompt wins over a `system` column
-        long_rows.append(long_row)
+        long_rows.append(
+            long_row(
+                row, where, prompt, response, system, teacher, teacher_column=teacher_column, id_column=id_column,
+                used=used,
+            )
+        )
     return long_rows
 
 

@@ -25,12 +25,11 @@ from _common import (  # noqa: E402
     add_correctness,
     add_output_arguments,
     add_teacher_arguments,
-    extra_columns,
     fail,
     load_long,
+    long_row,
     message_text,
     note_replaced,
-    prompt_hash,
     save_long,
     split_conversation,
     teacher_from_path,
@@ -82,17 +81,12 @@ def prompt_completion_to_long(
         else:
             prompt = text_cell(value, f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt-column.")
         response = _completion_text(row.get(completion_column), f"{where}, column {completion_column!r}")
-        name = teacher
-        if teacher_column:
-            name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
-        prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
-        if prompt_id is None:
-            fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to hash the prompt.")
-        long_row = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
-        long_row.update(extra_columns(row, used))
-        if system is not None:
-            long_row["system"] = system  # the conversation's own system prompt wins over a `system` column
-        long_rows.append(long_row)
+        long_rows.append(
+            long_row(
+                row, where, prompt, response, system, teacher, teacher_column=teacher_column, id_column=id_column,
+                used=used,
+            )
+        )
     return long_rows
 
 
