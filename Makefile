@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/hf-localnat demo
 
 test: $(STAMP)
-	$(BIN)/ruff check hf_localnat tests dataset_scripts trainer_callbacks bench
+	$(BIN)/ruff check hf_localnat tests dataset_scripts trainer_callbacks bench docs
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
