@@ -98,7 +98,8 @@ def main(paths: list[str]) -> int:
             f"## {report['input']} ({report['num_rows']} rows, {report['num_prompts']} prompts, "
             f"{report['num_teachers']} teachers)\n"
         )
-        if report["sections"]["ranking"]["status"] == "ok" and report["num_teachers"] > 1:
+        # Teachers compete only where they answer the same prompts (not in ProcessBench: one solution a problem).
+        if report["sections"]["ranking"]["status"] == "ok" and report["num_rows"] > report["num_prompts"]:
             print(ranking_tables(report) + "\n")
             print(selection_table(report) + "\n")
         if report["sections"]["length_bias"]["status"] == "ok":
