@@ -310,6 +310,9 @@ class PushSelectionArguments:
     group_by: str = field(default="prompt_id", metadata={"help": "Column naming the group (the prompt)."})
     k: int = field(default=1, metadata={"help": "Responses kept per group."})
     where: str | None = field(default=None, metadata={"help": "The row filter the selection used, if any."})
+    higher_is_better: bool | None = field(
+        default=None, metadata={"help": "The direction the selection used, if it overrode the metric's own."}
+    )
     source_dataset: str | None = field(
         default=None, metadata={"help": "Name (Hub id or path) of the pool the scores came from, for the card."}
     )
@@ -370,15 +373,25 @@ def run_push_selection(args: PushSelectionArguments, selected_path: str) -> None
     _one_destination(args.repo_id, args.to_dir)
     selected = load_rows(selected_path)
     require_columns(selected, [args.group_by], selected_path, {args.group_by: "--group-by"})
-    config = SelectionConfig(by=args.by, group_by=args.group_by, k=args.k, where=args.where)
+    config = SelectionConfig(
+        by=args.by, group_by=args.group_by, k=args.k, where=args.where, higher_is_better=args.higher_is_better
+    )
     scored = None
     if args.scored:
         scored = load_rows(args.scored)
         require_columns(scored, [args.by, args.group_by], args.scored, {args.by: "--by", args.group_by: "--group-by"})
         # The card claims SELECTED = select(SCORED, these flags): check it rather than publish a wrong claim.
-        again = select_responses(scored, by=args.by, group_by=args.group_by, k=args.k, where=args.where)
-        ours = selected_ids_sha256(selected, args.group_by, args.teacher_column)
-        if selected_ids_sha256(again, args.group_by, args.teacher_column) != ours:
+        again = select_responses(
+            scored,
+            by=args.by,
+            group_by=args.group_by,
+            k=args.k,
+            where=args.where,
+            higher_is_better=args.higher_is_better,
+        )
+        # Compare on the teacher only when both files carry it.
+        teacher = args.teacher_column if args.teacher_column in selected.column_names else "\0no-teacher"
+        if selected_ids_sha256(again, args.group_by, teacher) != selected_ids_sha256(selected, args.group_by, teacher):
             raise LocalnatError(
                 f"{selected_path} is not what `select {args.scored}` gives with --by {args.by} --group-by "
                 f"{args.group_by} --k {args.k}" + (f" --where {args.where!r}" if args.where else "") +

@@ -166,9 +166,18 @@ def _keep_description(ds: Dataset, path: Path) -> None:
         return
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    metadata = {**(table.schema.metadata or {}), _DESCRIPTION_KEY: ds.info.description.encode()}
-    pq.write_table(table.replace_schema_metadata(metadata), path)
+    # Rewritten batch by batch into a sibling, so a large scored pool is never held in memory at once.
+    source = pq.ParquetFile(path)
+    metadata = {**(source.schema_arrow.metadata or {}), _DESCRIPTION_KEY: ds.info.description.encode()}
+    schema = source.schema_arrow.with_metadata(metadata)
+    rewritten = path.with_name(path.name + ".meta")
+    try:
+        with pq.ParquetWriter(rewritten, schema) as writer:
+            for batch in source.iter_batches(batch_size=10_000):
+                writer.write_batch(batch)
+        os.replace(rewritten, path)
+    finally:
+        rewritten.unlink(missing_ok=True)
 
 
 def _read_description(path: Path) -> str | None:

@@ -90,11 +90,17 @@ class SelectionConfig:
     group_by: str = "prompt_id"
     k: int = 1
     where: str | None = None
+    higher_is_better: bool | None = None  # None: from the metric's name
 
     def command_args(self) -> list[str]:
         """The ``hf-localnat select`` flags that repeat this selection."""
         args = ["--by", self.by, "--group_by", self.group_by, "--k", str(self.k)]
-        return args + (["--where", self.where] if self.where else [])
+        args += ["--where", self.where] if self.where else []
+        return args + (["--higher_is_better", str(self.higher_is_better)] if self.higher_is_better is not None else [])
+
+    def is_higher_better(self) -> bool:
+        """The direction the selection used."""
+        return self.higher_is_better if self.higher_is_better is not None else _direction(self.by)
 
 
 def _selection_config(config: SelectionConfig | dict[str, Any] | None, selected: datasets.Dataset) -> SelectionConfig:
@@ -105,7 +111,9 @@ def _selection_config(config: SelectionConfig | dict[str, Any] | None, selected:
         return SelectionConfig(by=by)
     unknown = set(config) - set(SelectionConfig.__dataclass_fields__)
     if unknown:
-        raise LocalnatError(f"selection_config has unknown keys {sorted(unknown)}; use by, group_by, k, where.")
+        raise LocalnatError(
+            f"selection_config has unknown keys {sorted(unknown)}; use by, group_by, k, where, higher_is_better."
+        )
     return SelectionConfig(**config)
 
 
@@ -126,9 +134,27 @@ def selected_ids_sha256(selected: datasets.Dataset, group_by: str, teacher_colum
 
 
 @contextmanager
-def _staging(to_dir: str | os.PathLike | None, overwrite: bool) -> Iterator[Path]:
-    """A temporary folder to build into; moved onto ``to_dir`` when the block succeeds, else removed."""
-    target = Path(to_dir) if to_dir is not None else None
+def _staging(
+    to_dir: str | os.PathLike | None, overwrite: bool, inputs: tuple[Path, ...] = (), copied: bool = False
+) -> Iterator[Path]:
+    """A temporary folder to build into; moved onto ``to_dir`` when the block succeeds, else removed.
+
+    ``to_dir`` may not be the working folder, an input folder, or a folder above one of them: replacing it would
+    delete what is being published. When the inputs are ``copied`` into the build, it may not lie inside one either
+    (the copy would take in its own build folder).
+    """
+    target = Path(to_dir).resolve() if to_dir is not None else None
+    if target is not None:
+        cwd = Path.cwd().resolve()
+        if target == cwd or target in cwd.parents:
+            raise LocalnatError(f"--to-dir {str(to_dir)!r} is the working folder or above it. Pick a new folder.")
+        for source in inputs:
+            source_path = source.resolve()
+            inside = copied and source_path in target.parents
+            if target == source_path or target in source_path.parents or inside:
+                raise LocalnatError(
+                    f"--to-dir {str(to_dir)!r} overlaps the input {str(source)!r}. Pick a folder outside it."
+                )
     if target is not None and target.exists():
         if not target.is_dir():
             raise LocalnatError(f"--to-dir {str(target)!r} is a file. Pick a folder path.")
@@ -186,10 +212,10 @@ def _histogram(
     return path
 
 
-def _row_keys(ds: datasets.Dataset, group_by: str, teacher_column: str, response_column: str) -> list[tuple]:
-    columns = [c for c in (group_by, teacher_column, response_column) if c in ds.column_names]
-    values = [ds[c] for c in columns]
-    return list(zip(*values, strict=True)) if values else [(i,) for i in range(len(ds))]
+def _row_keys(ds: datasets.Dataset, columns: list[str]) -> list[tuple]:
+    # Texts are keyed by their hash, so the pool's responses are not all held as Python strings at once.
+    keyed = [[hashlib.sha1(v.encode()).hexdigest() if isinstance(v, str) else v for v in ds[c]] for c in columns]
+    return list(zip(*keyed, strict=True))
 
 
 def _valid(value: Any) -> bool:
@@ -209,6 +235,11 @@ def _command_line(source: str, scorer: dict[str, Any] | None, student: str | Non
             score += ["--step_aggregate", scorer["step_aggregate"]]
         if scorer.get("drop_first_token"):
             score.append("--drop_first_token")
+        if scorer.get("min_step_chars", 4) != 4:
+            score += ["--min_step_chars", str(scorer["min_step_chars"])]
+        for column, default in (("prompt_column", "prompt"), ("response_column", "response")):
+            if scorer.get(column, default) != default:
+                score += [f"--{column}", scorer[column]]
     score += ["--output", "scored.parquet"]
     select = ["hf-localnat", "select", "scored.parquet", *config.command_args(), "--output", "selected.parquet"]
     return f"{shlex.join(score)}\n{shlex.join(select)}"
@@ -263,11 +294,14 @@ def build_selection_folder(
 
     histogram = None
     if scored is not None and config.by in scored.column_names:
-        chosen = Counter(_row_keys(selected, config.group_by, teacher_column, response_column))
+        key_columns = [
+            c
+            for c in (config.group_by, teacher_column, response_column)
+            if c in selected.column_names and c in scored.column_names
+        ]
+        chosen = Counter(_row_keys(selected, key_columns))
         picked, rejected = [], []
-        for key, score in zip(
-            _row_keys(scored, config.group_by, teacher_column, response_column), scored[config.by], strict=True
-        ):
+        for key, score in zip(_row_keys(scored, key_columns), scored[config.by], strict=True):
             if not _valid(score):
                 continue
             if chosen[key] > 0:
@@ -275,6 +309,11 @@ def build_selection_folder(
                 picked.append(score)
             else:
                 rejected.append(score)
+        if sum(chosen.values()):
+            raise LocalnatError(
+                f"{sum(chosen.values())} selected row(s) are not in the scored pool (matched on "
+                f"{', '.join(key_columns)}). Pass the pool the selection was made from."
+            )
         histogram = _histogram(picked, rejected, config.by, folder / HISTOGRAM).name
 
     block = {
@@ -282,7 +321,7 @@ def build_selection_folder(
         "student": provenance.get("student"),
         "student_revision": provenance.get("revision"),
         "scorer": scorer_config,
-        "selection": asdict(config),
+        "selection": {**asdict(config), "higher_is_better": config.is_higher_better()},
         "num_rows_before": len(scored) if scored is not None else None,
         "num_rows_after": len(selected),
         "selected_ids_sha256": selected_ids_sha256(selected, config.group_by, teacher_column),
@@ -296,7 +335,7 @@ def build_selection_folder(
         tags=list(TAGS),
         hf_localnat=block,
     )
-    direction = "higher is better" if _direction(config.by) else "lower is better"
+    direction = "higher is better" if config.is_higher_better() else "lower is better"
     card = DatasetCard.from_template(
         card_data,
         template_path=str(_template("selection_card.md")),
@@ -374,8 +413,15 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 def resolve_token(repo_id: str, token: str | None = None) -> str:
     """Check ``repo_id``'s form and find a token (argument, ``HF_TOKEN``, or the saved login) before any work."""
     from huggingface_hub import get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+    try:
+        validate_repo_id(repo_id)
+        valid = repo_id.count("/") == 1
+    except HFValidationError:
+        valid = False
+    if not valid:
         raise LocalnatError(f"--repo-id {repo_id!r}: use NAMESPACE/NAME, e.g. my-org/math-selection.")
     token = token or get_token()
     if not token:
@@ -394,6 +440,7 @@ def upload_folder_to_hub(
     token: str | None = None,
     commit_message: str = "Upload with hf_localnat",
     attempts: int = 3,
+    delete_patterns: list[str] | None = None,
 ) -> str:
     """Upload ``folder`` to ``repo_id`` in one commit; create the repo if needed; return the repo URL.
 
@@ -419,14 +466,21 @@ def upload_folder_to_hub(
             f"{repo_id}: you are signed in as {who.get('name')!r}, who cannot write to namespace {namespace!r}. "
             f"Use one of: {', '.join(sorted(n for n in allowed if n))}."
         )
-    existed = api.repo_exists(repo_id, repo_type=repo_type)
+    try:
+        existed = _retry(lambda: api.repo_exists(repo_id, repo_type=repo_type), "repo_exists", attempts)
+    except network as err:
+        raise LocalnatError(f"could not reach {api.endpoint} ({_reason(err)}).") from err
     try:
         url = _retry(
             lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True), "create", attempts
         )
         _retry(
             lambda: api.upload_folder(
-                folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message=commit_message
+                folder_path=str(folder),
+                repo_id=repo_id,
+                repo_type=repo_type,
+                commit_message=commit_message,
+                delete_patterns=delete_patterns,
             ),
             "upload",
             attempts,
@@ -496,7 +550,10 @@ def push_selection(
         )
         if repo_id is None:
             return str(to_dir)
-        return upload_folder_to_hub(folder, repo_id, "dataset", private=private, token=token)
+        # An earlier push may have had more shards: they go, or load_dataset would read old rows too.
+        return upload_folder_to_hub(
+            folder, repo_id, "dataset", private=private, token=token, delete_patterns=["data/*", HISTOGRAM]
+        )
 
 
 # ----------------------------------------------------------------------------------------------- students
@@ -548,7 +605,7 @@ def student_card(
         hf_localnat={
             "version": __version__,
             "selection_repo": selection_repo,
-            "reselection_rounds": len(history or []),
+            "reselection_rounds": sum(1 for record in history or [] if record.get("reason") != "initial"),
         },
     )
     data = {key: value for key, value in data.items() if value is not None}
@@ -563,6 +620,7 @@ def student_card(
         selection_url=f"{constants.ENDPOINT}/datasets/{selection_repo}" if selection_repo else None,
         training_args=training_args or {},
         history=history or [],
+        reselections=sum(1 for record in history or [] if record.get("reason") != "initial"),
     )
 
 
@@ -606,19 +664,25 @@ def push_student(
         raise LocalnatError("give exactly one of repo_id (upload to the Hub) or to_dir (write a local folder).")
     if repo_id is not None:
         token = resolve_token(repo_id, token)
-    with _staging(to_dir, overwrite) as folder:
-        if isinstance(trainer_or_folder, str | os.PathLike):
+    is_folder = isinstance(trainer_or_folder, str | os.PathLike)
+    if not is_folder and not trainer_or_folder.is_world_process_zero():
+        # Saving may be collective (FSDP, DeepSpeed): take part, but only the main process publishes.
+        with tempfile.TemporaryDirectory() as scratch:
+            trainer_or_folder.save_model(scratch)
+        return str(to_dir) if to_dir is not None else str(repo_id)
+    inputs = (Path(trainer_or_folder),) if is_folder else (Path(trainer_or_folder.args.output_dir),)
+    with _staging(to_dir, overwrite, inputs, copied=is_folder) as folder:
+        if is_folder:
             source = Path(trainer_or_folder)
             if not (source / "config.json").is_file():
                 raise LocalnatError(
                     f"{source}: not a saved model folder (no config.json). Pass the folder trainer.save_model wrote."
                 )
             shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
-            config = json.loads((source / "config.json").read_text())
-            name = config.get("_name_or_path")
-            base = base_model or (name if name and not os.path.isdir(name) else None)
-            args_path = source / TRAINING_ARGS_FILE
-            args = json.loads(args_path.read_text()) if args_path.is_file() else None
+            saved_path = source / TRAINING_ARGS_FILE
+            saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+            base = base_model or saved.get("base_model")
+            args = saved.get("training_args")
             history = _read_history(source)
         else:
             trainer = trainer_or_folder
@@ -643,7 +707,8 @@ def push_student(
         card.save(readme)
         if repo_id is None:
             return str(to_dir)
-        return upload_folder_to_hub(folder, repo_id, "model", private=private, token=token)
+        weights = ["*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin"]
+        return upload_folder_to_hub(folder, repo_id, "model", private=private, token=token, delete_patterns=weights)
 
 
 SECTION_MARK = "## Distillation data (hf_localnat)"

@@ -213,10 +213,12 @@ class ReselectingSFTTrainer(SFTTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # transformers calls _save on every process; only one writes
+            return
         # What push_student needs to write the card of a saved folder later, without unpickling training_args.bin.
         folder = Path(output_dir or self.args.output_dir)
-        summary = json.dumps(training_args_summary(self.args), indent=2) + "\n"
-        (folder / TRAINING_ARGS_FILE).write_text(summary)
+        saved = {"base_model": student_base_model(self.model), "training_args": training_args_summary(self.args)}
+        (folder / TRAINING_ARGS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         history = "".join(json.dumps(record) + "\n" for record in self.selection_history)
         (folder / HISTORY_FILE).write_text(history)
 

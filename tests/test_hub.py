@@ -75,7 +75,8 @@ def test_selection_folder_loads_back_and_its_card_says_how_it_was_made(tmp_path:
     block = meta["hf_localnat"]
     assert block["student"] == "org/student" and block["student_revision"] == "abc"
     assert block["scorer"]["window"] == 4 and block["scorer"]["metrics"] == ["global", "local", "rsr"]
-    assert block["selection"] == {"by": "local_naturalness", "group_by": "prompt_id", "k": 1, "where": None}
+    selection = {"by": "local_naturalness", "group_by": "prompt_id", "k": 1, "where": None, "higher_is_better": True}
+    assert block["selection"] == selection
     assert (block["num_rows_before"], block["num_rows_after"]) == (24, 8)
     # The id hash, recomputed here from its documented definition.
     lines = "".join(f"{r['prompt_id']}\t{r['teacher']}\n" for r in selected)
@@ -160,11 +161,12 @@ def trained(tmp_path: Path) -> ReselectingSFTTrainer:
     args = ReselectConfig(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=2,
-        max_steps=1,
+        max_steps=2,  # a round after step 1; none after the last step, which no training follows
         report_to=[],
         save_strategy="no",
         window=2,
         disable_tqdm=True,
+        reselect_every_steps=1,
         selection_repo="tester/demo-selection",
     )
     trainer = ReselectingSFTTrainer(
@@ -174,12 +176,14 @@ def trained(tmp_path: Path) -> ReselectingSFTTrainer:
     return trainer
 
 
-def check_student_card(card: ModelCard, history_rounds: int) -> None:
+def check_student_card(card: ModelCard, history: list[dict]) -> None:
     meta = card.data.to_dict()
     assert meta["base_model"] == "org/tiny-base" and meta["datasets"] == ["tester/demo-selection"]
     assert meta["library_name"] == "transformers"
     assert {"hf-localnat", "distillation", "data-selection", "trl", "sft"} <= set(meta["tags"])
-    assert meta["hf_localnat"]["reselection_rounds"] == history_rounds
+    assert [r["reason"] for r in history] == ["initial", "step"]  # selected before training, re-made at step 1
+    assert meta["hf_localnat"]["reselection_rounds"] == 1
+    assert "re-made with the\ncurrent student 1 time(s) during training" in card.text
     assert "## Training procedure" in card.text  # TRL's own card is kept ...
     assert "## Distillation data (hf_localnat)" in card.text  # ... and extended, once
     assert card.text.count("## Distillation data (hf_localnat)") == 1
@@ -194,7 +198,7 @@ def test_push_student_from_a_trainer_and_from_its_saved_folder(trained, tmp_path
         trained, to_dir=tmp_path / "student", selection_repo="tester/demo-selection", base_model="org/tiny-base"
     )
     # The trainer's own card (written by TRL, then extended) plus the saved model and tokenizer.
-    check_student_card(ModelCard.load(Path(out) / "README.md"), len(trained.selection_history))
+    check_student_card(ModelCard.load(Path(out) / "README.md"), trained.selection_history)
     assert (Path(out) / "tokenizer_config.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.num_parameters() == trained.model.num_parameters()
@@ -205,7 +209,26 @@ def test_push_student_from_a_trainer_and_from_its_saved_folder(trained, tmp_path
     command = ["push-student", str(tmp_path / "saved"), "--to_dir", str(tmp_path / "from-folder")]
     command += ["--selection_repo", "tester/demo-selection", "--base_model", "org/tiny-base"]
     assert main(command) == 0
-    check_student_card(ModelCard.load(tmp_path / "from-folder" / "README.md"), len(trained.selection_history))
+    check_student_card(ModelCard.load(tmp_path / "from-folder" / "README.md"), trained.selection_history)
+
+
+def test_to_dir_never_replaces_its_own_input(trained, tmp_path: Path) -> None:
+    saved = tmp_path / "saved"
+    trained.save_model(str(saved))
+    for bad in (saved, saved / "published", tmp_path):
+        with pytest.raises(LocalnatError, match="overlaps the input"):
+            push_student(saved, to_dir=bad, overwrite=True)
+    assert (saved / "config.json").is_file() and not (saved / "published").exists()
+    with pytest.raises(LocalnatError, match="overlaps the input"):  # a trainer's output_dir holds its checkpoints
+        push_student(trained, to_dir=trained.args.output_dir, overwrite=True)
+
+
+def test_selected_rows_must_come_from_the_scored_pool(tmp_path: Path) -> None:
+    selected = select_responses(scored_pool(seed=1), by="local_naturalness")
+    foreign = selected.map(lambda row: {"response": row["response"] + " (edited)"})
+    with pytest.raises(LocalnatError, match="8 selected row"):
+        push_selection(foreign, to_dir=tmp_path / "sel", scored=scored_pool(seed=1))
+    assert not (tmp_path / "sel").exists()
 
 
 def test_trainer_model_card_extends_trl_card(trained) -> None:
@@ -242,6 +265,12 @@ def test_push_selection_uploads_one_commit_that_loads_back(hub_server) -> None:
     assert rows_of(loaded) == rows_of(selected)
     card = DatasetCard.load(hf_hub_download("tester/math-selection", "README.md", repo_type="dataset"))
     assert card.data.to_dict()["hf_localnat"]["num_rows_after"] == len(selected)
+    # A second push replaces the first: files it no longer has (here the histogram) are deleted in that commit.
+    push_selection(selected, repo_id="tester/math-selection")
+    assert "score_histogram.png" not in hub_server.files("tester/math-selection", "dataset")
+    assert rows_of(datasets.load_dataset("tester/math-selection", split="train", download_mode="force_redownload")) == (
+        rows_of(selected)
+    )
     assert not hub_server.blocked and not hub_server.errors
 
 
@@ -289,7 +318,7 @@ def test_push_student_uploads_model_and_card(hub_server, trained, tmp_path: Path
 
     push_student(trained, repo_id="tester/student", selection_repo="tester/demo-selection", base_model="org/tiny-base")
     folder = Path(snapshot_download("tester/student", local_dir=tmp_path / "download"))
-    check_student_card(ModelCard.load(folder / "README.md"), len(trained.selection_history))
+    check_student_card(ModelCard.load(folder / "README.md"), trained.selection_history)
     assert AutoModelForCausalLM.from_pretrained(folder).num_parameters() == trained.model.num_parameters()
 
 
