@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -222,3 +222,19 @@ def long_row(
     if system is not None:
         out["system"] = system  # the conversation's own system prompt wins over a `system` column
     return out
+
+
+def convert_files(args: Any, required: list[str], convert: Callable[[list[dict], str | None, str], list[dict]]) -> int:
+    """The shared ``main`` of the per-file converters: read each of ``args.inputs``, convert its rows with
+    ``convert(rows, teacher, path)`` (teacher from the file name or ``--teacher``), add ``correct``, write once."""
+    long_rows: list[dict] = []
+    for path in args.inputs:
+        rows = load_long(path, required=required)
+        note_replaced(rows[0] if rows else [], required, path)
+        teacher = teacher_from_path(path) if args.teacher_from_filename else args.teacher
+        long_rows += convert(rows, teacher, path)
+    add_correctness(long_rows, args.reference_column)
+    save_long(long_rows, args.output, overwrite=args.overwrite)
+    teachers = len({row["teacher"] for row in long_rows})
+    print(f"wrote {len(long_rows)} rows from {len(args.inputs)} files ({teachers} teachers) -> {args.output}")
+    return 0

@@ -23,15 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    add_correctness,
     add_output_arguments,
     add_teacher_arguments,
-    load_long,
+    convert_files,
     long_row,
-    note_replaced,
-    save_long,
     split_conversation,
-    teacher_from_path,
 )
 
 
@@ -80,20 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     required = [args.messages_column] + [c for c in (args.teacher_column, args.id_column, args.reference_column) if c]
-    long_rows: list[dict] = []
-    for path in args.inputs:
-        rows = load_long(path, required=required)
-        note_replaced(rows[0] if rows else [], required, path)
-        teacher = teacher_from_path(path) if args.teacher_from_filename else args.teacher
-        long_rows += messages_to_long(
+    return convert_files(
+        args,
+        required,
+        lambda rows, teacher, path: messages_to_long(
             rows, teacher, args.teacher_column, args.messages_column, args.id_column, args.system_in_prompt, path
-        )
-    add_correctness(long_rows, args.reference_column)
-    save_long(long_rows, args.output, overwrite=args.overwrite)
-    teachers = len({row["teacher"] for row in long_rows})
-    print(f"wrote {len(long_rows)} rows from {len(args.inputs)} files ({teachers} teachers) -> {args.output}")
-    return 0
-
+        ),
+    )
 
 if __name__ == "__main__":
     raise SystemExit(main())
