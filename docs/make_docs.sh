@@ -10,8 +10,9 @@ mkdir -p "$WORK"
 # 1. MATH-L5: the first 200 prompts, all 10 teachers (2,000 responses), all three metrics.
 $BIN/python dataset_scripts/take_prompts.py ../shared/data/multiteacher/zeroeval_math_l5.jsonl \
     "$WORK/math_l5_200.jsonl" --prompts 200 --overwrite
-$BIN/python bench/predict_time.py "$WORK/math_l5_200.jsonl" --metrics global,local,rsr \
-    --global-tps 484 --local-tps 191   # engine throughput from bench/RESULTS.md (CPU, same student)
+# Predict first: a timed run on 64 length-stratified rows of this pool, and the bench/RESULTS.md engine rates.
+$BIN/python bench/predict_time.py "$WORK/math_l5_200.jsonl" --metrics global,local,rsr --return_steps \
+    --global-tps 484 --local-tps 191 > "$WORK/math_l5_200.predict.json"
 /usr/bin/time -v -o "$WORK/math_l5_200.time" $BIN/hf-localnat score "$WORK/math_l5_200.jsonl" \
     --metrics global,local,rsr --return_steps --output "$WORK/math_l5_200.scored.parquet"
 $BIN/hf-localnat report "$WORK/math_l5_200.scored.parquet" --output docs/math_l5_200 --html_steps --overwrite
@@ -19,6 +20,8 @@ $BIN/hf-localnat report "$WORK/math_l5_200.scored.parquet" --output docs/math_l5
 # 2. ProcessBench (MATH subset): 200 random step-labelled solutions, scored on their own steps.
 $BIN/python dataset_scripts/processbench_to_long.py ../shared/data/steplabels/processbench_math.json \
     "$WORK/processbench_math_200.jsonl" --sample 200 --seed 0 --overwrite
+$BIN/python bench/predict_time.py "$WORK/processbench_math_200.jsonl" --splitter paragraph --metrics local \
+    --return_steps --global-tps 484 --local-tps 191 > "$WORK/processbench_math_200.predict.json"
 /usr/bin/time -v -o "$WORK/processbench_math_200.time" $BIN/hf-localnat score "$WORK/processbench_math_200.jsonl" \
     --splitter paragraph --metrics local --return_steps --output "$WORK/processbench_math_200.scored.parquet"
 $BIN/hf-localnat report "$WORK/processbench_math_200.scored.parquet" --output docs/processbench_math_200 --overwrite
