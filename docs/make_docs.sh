@@ -14,7 +14,8 @@ $BIN/python dataset_scripts/take_prompts.py ../shared/data/multiteacher/zeroeval
 $BIN/python bench/predict_time.py "$WORK/math_l5_200.jsonl" --metrics global,local,rsr --return_steps \
     --global-tps 484 --local-tps 191 > "$WORK/math_l5_200.predict.json"
 /usr/bin/time -v -o "$WORK/math_l5_200.time" $BIN/hf-localnat score "$WORK/math_l5_200.jsonl" \
-    --metrics global,local,rsr --return_steps --output "$WORK/math_l5_200.scored.parquet"
+    --metrics global,local,rsr --return_steps --output "$WORK/math_l5_200.scored.parquet" \
+    2> >(tee "$WORK/math_l5_200.score.log" >&2)   # the progress bar's chunk times, for bench/chunk_costs.py
 $BIN/hf-localnat report "$WORK/math_l5_200.scored.parquet" --output docs/math_l5_200 --html_steps --overwrite
 
 # 2. ProcessBench (MATH subset): 200 random step-labelled solutions, scored on their own steps.
