@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| first row | teacher | seconds | tokens | s per 1k tokens | s per TFLOP |")
     print("|---:|---|---:|---:|---:|---:|")
     per_token, per_flop = [], []
-    prev_rows, prev_s = 0, 0
+    prev_rows, prev_s, pool_flops = 0, 0, 0.0
     for done, seconds in chunk_end_seconds(Path(args.log).read_text(errors="replace"), len(rows)):
         if done == prev_rows:
             continue
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         spent = seconds - prev_s
         per_token.append(spent / tokens)
         per_flop.append(spent / flops)
+        pool_flops += flops
         teacher = rows[prev_rows].get("teacher", "")
         rates = f"{1e3 * spent / tokens:.2f} | {1e12 * spent / flops:.2f}"
         print(f"| {prev_rows} | {teacher} | {spent} | {tokens} | {rates} |")
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     responses = [r["response"] or "" for r in rows]
     lengths = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
     _, sample_flops = work(stratified_sample(lengths, args.sample_rows, args.seed))
-    _, pool_flops = work(range(len(rows)))
+    if prev_rows < len(rows):  # a log that stops early: count the rows it never reached
+        pool_flops += work(range(prev_rows, len(rows)))[1]
     fixed, sample_s = prediction["fixed_s"], prediction["sample_s"]
     print(f"token-scaled prediction {prediction['predicted_s']:.0f} s (predict_time.py)")
     print(f"FLOP-scaled prediction {fixed + (sample_s - fixed) * pool_flops / sample_flops:.0f} s (same sample)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -381,14 +382,7 @@ def run_push_selection(args: PushSelectionArguments, selected_path: str) -> None
         scored = load_rows(args.scored)
         require_columns(scored, [args.by, args.group_by], args.scored, {args.by: "--by", args.group_by: "--group-by"})
         # The card claims SELECTED = select(SCORED, these flags): check it rather than publish a wrong claim.
-        again = select_responses(
-            scored,
-            by=args.by,
-            group_by=args.group_by,
-            k=args.k,
-            where=args.where,
-            higher_is_better=args.higher_is_better,
-        )
+        again = select_responses(scored, **dataclasses.asdict(config))
         # Compare on the teacher only when both files carry it.
         teacher = args.teacher_column if args.teacher_column in selected.column_names else "\0no-teacher"
         if selected_ids_sha256(again, args.group_by, teacher) != selected_ids_sha256(selected, args.group_by, teacher):
