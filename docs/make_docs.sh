@@ -10,7 +10,8 @@ mkdir -p "$WORK"
 # 1. MATH-L5: the first 200 prompts, all 10 teachers (2,000 responses), all three metrics.
 $BIN/python dataset_scripts/take_prompts.py ../shared/data/multiteacher/zeroeval_math_l5.jsonl \
     "$WORK/math_l5_200.jsonl" --prompts 200 --overwrite
-# Predict first: a timed run on 64 length-stratified rows of this pool, and the bench/RESULTS.md engine rates.
+# Predict first: 8 timed runs on 96 length-stratified rows of this pool (a point estimate and a 97.5% upper
+# bound), and the bench/RESULTS.md engine rates.
 $BIN/python bench/predict_time.py "$WORK/math_l5_200.jsonl" --metrics global,local,rsr --return_steps \
     --global-tps 484 --local-tps 191 > "$WORK/math_l5_200.predict.json"
 /usr/bin/time -v -o "$WORK/math_l5_200.time" $BIN/hf-localnat score "$WORK/math_l5_200.jsonl" \

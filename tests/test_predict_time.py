@@ -27,3 +27,23 @@ def test_sample_is_seeded_and_capped() -> None:
     assert {tuple(predict_time.stratified_sample(lengths, 4, seed=s)) for s in range(20)} != {
         tuple(predict_time.stratified_sample(lengths, 4, seed=0))
     }
+
+
+def test_runs_are_exchangeable_blocks_of_length_neighbours() -> None:
+    lengths = [3 * i % 97 for i in range(97)]  # distinct lengths in shuffled order
+    sample = predict_time.stratified_sample(lengths, 40, seed=3)
+    runs = predict_time.split_into_runs(sample, lengths, runs=8, seed=3)
+    assert len(runs) == 8 and sorted(i for run in runs for i in run) == sorted(sample)
+    ranked = sorted(sample, key=lambda i: lengths[i])
+    for run in runs:  # 40 rows in 5 blocks of 8 length-neighbours: each run holds exactly one of each block
+        assert sorted(ranked.index(i) // 8 for i in run) == [0, 1, 2, 3, 4]
+
+
+def test_rate_interval_against_a_hand_computation() -> None:
+    seconds, tokens = [10.0, 13.0, 11.0, 14.0], [100, 120, 100, 120]
+    rate, half_width = predict_time.rate_interval(seconds, tokens)
+    assert rate == 48 / 440
+    residuals = [s - rate * t for s, t in zip(seconds, tokens, strict=True)]
+    se = (sum(r * r for r in residuals) / 3 / 4) ** 0.5 / 110
+    assert abs(half_width - 3.182 * se) < 1e-9
+    assert predict_time.rate_interval([5.0], [50])[1] == float("inf")  # one run: no spread, no bound
