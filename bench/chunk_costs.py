@@ -5,7 +5,7 @@ tokens and floor FLOPs (global + local, as `score_bench.py` counts them), and pr
 and per TFLOP for each chunk, their coefficients of variation, and what `predict_time.py`'s sample would have
 predicted had it scaled by FLOPs instead of tokens.
 
-    .venv/bin/python bench/chunk_costs.py POOL.jsonl SCORE.log PREDICT.json [--window 4 --sample-rows 64 --seed 0]
+    .venv/bin/python bench/chunk_costs.py POOL.jsonl SCORE.log PREDICT.json [--window 4 --seed 0]
 
 (The files `docs/make_docs.sh` writes: `$WORK/math_l5_200.jsonl`, the score command's stderr, and
 `$WORK/math_l5_200.predict.json`.)
@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("log")
     parser.add_argument("predict_json")
     parser.add_argument("--window", type=int, default=4)
-    parser.add_argument("--sample-rows", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -83,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     prediction = json.loads(Path(args.predict_json).read_text())
     responses = [r["response"] or "" for r in rows]
     lengths = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
-    _, sample_flops = work(stratified_sample(lengths, args.sample_rows, args.seed))
+    _, sample_flops = work(stratified_sample(lengths, prediction["sample_rows"], args.seed))
     if prev_rows < len(rows):  # a log that stops early: count the rows it never reached
         pool_flops += work(range(prev_rows, len(rows)))[1]
-    fixed, sample_s = prediction["fixed_s"], prediction["sample_s"]
+    fixed = prediction["fixed_s"]
+    # The sample's per-token part: one run (older predictions) or several, each paying the fixed cost once.
+    run_s = prediction.get("run_s") or [prediction["sample_s"]]
+    variable_s = sum(max(s - fixed, 0.0) for s in run_s)
     print(f"token-scaled prediction {prediction['predicted_s']:.0f} s (predict_time.py)")
-    print(f"FLOP-scaled prediction {fixed + (sample_s - fixed) * pool_flops / sample_flops:.0f} s (same sample)")
+    print(f"FLOP-scaled prediction {fixed + variable_s * pool_flops / sample_flops:.0f} s (same sample)")
     return 0
 
 
