@@ -64,8 +64,10 @@ def split_into_runs(sample: list[int], lengths: list[int], runs: int, seed: int 
     for start in range(0, len(order), runs):
         block = order[start : start + runs]
         rng.shuffle(block)
-        for run, row in zip(dealt, block, strict=False):  # the last block may be short
-            run.append(row)
+        # A short last block (the longest rows) goes to randomly chosen runs, not always the first ones.
+        targets = range(runs) if len(block) == runs else sorted(rng.sample(range(runs), len(block)))
+        for target, row in zip(targets, block, strict=True):
+            dealt[target].append(row)
     return [sorted(run) for run in dealt if run]
 
 

@@ -47,3 +47,13 @@ def test_rate_interval_against_a_hand_computation() -> None:
     se = (sum(r * r for r in residuals) / 3 / 4) ** 0.5 / 110
     assert abs(half_width - 3.182 * se) < 1e-9
     assert predict_time.rate_interval([5.0], [50])[1] == float("inf")  # one run: no spread, no bound
+
+
+def test_a_short_last_block_goes_to_random_runs() -> None:
+    lengths = list(range(10))  # 10 rows into 4 runs: blocks of 4, 4 and a short last block of the 2 longest rows
+    takers = set()
+    for seed in range(20):
+        runs = predict_time.split_into_runs(list(range(10)), lengths, runs=4, seed=seed)
+        assert sorted(len(run) for run in runs) == [2, 2, 3, 3]
+        takers.add(tuple(j for j, run in enumerate(runs) if {8, 9} & set(run)))
+    assert len(takers) > 1
