@@ -30,3 +30,9 @@ $BIN/hf-localnat report "$WORK/processbench_math_200.scored.parquet" --output do
 
 # 3. The tables of docs/findings.md.
 $BIN/python docs/findings_tables.py docs/math_l5_200/report.json docs/processbench_math_200/report.json
+
+# 4. The embedded student itself on two benchmarks (greedy, 512 new tokens; about 8 min each on 2 cores).
+for BENCH in gsm8k math500; do
+    $BIN/hf-localnat evaluate --benchmark "../shared/data/benchmarks/$BENCH.jsonl" --limit 100 --max_new_tokens 512 \
+        --batch_size 8 --output "docs/eval/${BENCH}_100.jsonl"
+done

@@ -320,6 +320,8 @@ def run_evaluate(args: EvaluateArguments) -> dict:
         f"for {student}; {metrics['num_no_answer']} without a readable answer, {metrics['num_truncated']} cut off "
         f"at --max_new_tokens {args.max_new_tokens}."
     )
+    # The dict itself, on one line, so a script can log it next to a TRL run (e.g. trainer.log(metrics)).
+    print(json.dumps(metrics))
     if output is not None:
         print(f"Wrote {len(records)} records -> {output}")
     return metrics

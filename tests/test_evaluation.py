@@ -52,6 +52,8 @@ def test_run_evaluate_plumbing_on_the_tiny_student(tiny_student_dir, tiny_benchm
     assert all(isinstance(record["generation"], str) and record["correct"] in (True, False, None) for record in records)
     printed = capsys.readouterr().out
     assert "bench: accuracy" in printed and "95% CI" in printed and str(out) in printed
+    printed_dicts = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+    assert printed_dicts == [metrics]  # the evaluate-style dict, printed as one JSON line
 
 
 @pytest.mark.parametrize(
