@@ -12,6 +12,7 @@ log-softmax per chunk, so a ``[batch, tokens, vocab]`` float32 tensor never exis
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -101,6 +102,9 @@ class LogProbEngine:
         self.min_batch_fill = min_batch_fill if min_batch_fill is not None else (0.95 if on_cpu else 0.75)
         self.prefix_cache_min_ratio = prefix_cache_min_ratio
         self._decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+        # transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old name goes in 5.40).
+        decoder_args = inspect.signature(self._decoder.forward).parameters
+        self._cache_arg = "cache" if "cache" in decoder_args else "past_key_values"
         self._lm_head = model.get_output_embeddings()
         self._transform = _final_logit_transform(model)
 
@@ -213,7 +217,8 @@ class LogProbEngine:
     def _encode_prefix(self, cache_ids: tuple[int, ...]) -> DynamicCache:
         input_ids = torch.tensor([cache_ids], device=self.device)
         out = self._decoder(input_ids=input_ids, use_cache=True)
-        return out.past_key_values
+        cache = getattr(out, "cache", None)
+        return cache if cache is not None else out.past_key_values
 
     def _expanded_cache(self, cache: DynamicCache, batch_size: int) -> DynamicCache:
         # expand() shares memory; the forward pass concatenates new keys onto a fresh tensor per layer,
@@ -242,7 +247,7 @@ class LogProbEngine:
         input_ids = torch.tensor([inputs[j] + [pad] * (width - len(inputs[j])) for j in batch], device=self.device)
         kwargs = {}
         if cache is not None:
-            kwargs["past_key_values"] = self._expanded_cache(cache, len(batch))
+            kwargs[self._cache_arg] = self._expanded_cache(cache, len(batch))
             kwargs["position_ids"] = torch.arange(cache_len, cache_len + width, device=self.device).expand(
                 len(batch), -1
             )
