@@ -2,7 +2,9 @@
 
 :func:`extract_answer` finds the answer a response marks (``\\boxed{...}``, "The final answer is ...",
 ``#### N``); :func:`is_correct` compares it with a reference using Hugging Face's ``math-verify``
-(so ``\\frac{1}{2}`` equals ``0.5`` and ``1,234`` equals ``1234``); :func:`grade` returns both.
+(so ``\\frac{1}{2}`` equals ``0.5`` and ``1,234`` equals ``1234``); :func:`grade` returns both, and
+:func:`grade_response` also says where the answer came from. A response with no marked answer is read the way
+math-verify reads free text (its last readable value), which can match by chance: its ``source`` is "unmarked".
 
 ``math-verify`` guards its parsing with ``signal.alarm`` timeouts, which only work in the main thread;
 elsewhere (a DataLoader worker thread, a web server) the timeouts are switched off instead of failing.
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["extract_answer", "grade", "is_correct", "reference_answer"]
+__all__ = ["Graded", "extract_answer", "grade", "grade_response", "is_correct", "reference_answer"]
+
+AnswerSource = Literal["marked", "bare", "unmarked"]
 
 # Seconds math-verify may spend parsing or comparing one expression (main thread only; see the module doc).
 TIMEOUT_SECONDS = 5
@@ -142,49 +146,77 @@ def _parse_boxed(answer: str) -> list:
     return parse(f"\\boxed{{{answer}}}", parsing_timeout=_timeout())
 
 
-def _read_prediction(text: str) -> tuple[list, str | None]:
-    """Parsed candidates for a response or a bare answer, and the answer text they came from."""
+def _read_prediction(text: str) -> tuple[list, str | None, AnswerSource]:
+    """Parsed candidates for a response or a bare answer, the answer text they came from, and how it was found."""
     from math_verify import parse
 
     marked = extract_answer(text)
     if marked is not None:
         parsed = _parse_boxed(marked)
         if parsed:
-            return parsed, marked
+            return parsed, marked, "marked"
     stripped = text.strip()
     if "\n" not in stripped and len(stripped) <= 80 and not _PROSE.search(stripped):
         # A bare answer ("0.5", "x + 1", "\frac{1}{2}"): math-verify reads expressions best inside \boxed{}.
         answer = _clean(stripped)
         parsed = _parse_boxed(answer) if answer else []
         if parsed:
-            return parsed, answer
+            return parsed, answer, "bare"
     # Free text without a marked answer: math-verify's own extraction (the last expression it can read).
     parsed = parse(text, parsing_timeout=_timeout())
-    return parsed, (str(parsed[-1]) if parsed else None)
+    return parsed, (str(parsed[-1]) if parsed else None), "unmarked"
+
+
+class Graded(NamedTuple):
+    """One graded response: the answer read, whether it matches the reference, and where the answer came from.
+
+    ``source`` is "marked" (``\\boxed{}``, "final answer", ``#### N``), "bare" (the whole response is a short
+    answer), "unmarked" (free text: math-verify's last readable value) or None (no response).
+    """
+
+    answer: str | None
+    correct: bool | None
+    source: AnswerSource | None
+
+
+def grade_response(reference: Any, response: str | None) -> Graded:
+    """Grade one response against a reference: ``Graded(answer, correct, source)``.
+
+    ``correct`` is None when no answer can be read from the response or the reference.
+
+    Example:
+        >>> grade_response("0.5", r"Half of it: \\boxed{\\frac{1}{2}}")
+        Graded(answer='\\\\frac{1}{2}', correct=True, source='marked')
+        >>> grade_response("40", "She has 10 and 30 more, so 40 apples in all")
+        Graded(answer='40', correct=True, source='unmarked')
+    """
+    from math_verify import verify
+
+    if response is None or not str(response).strip():
+        return Graded(None, None, None)
+    predicted, answer, source = _read_prediction(str(response))
+    gold_text = reference_answer(reference)
+    if not predicted or gold_text is None:
+        return Graded(answer, None, source)
+    gold = _parse_boxed(gold_text)
+    if not gold:
+        return Graded(answer, None, source)
+    # verify(gold, prediction) is not symmetric: the reference goes first.
+    return Graded(answer, bool(verify(gold, predicted, timeout_seconds=_timeout())), source)
 
 
 def grade(reference: Any, response: str | None) -> tuple[str | None, bool | None]:
     """``(model_answer, correct)`` for one response: the answer read from it, and whether it equals the reference.
 
-    ``correct`` is None when no answer can be read from the response or the reference.
+    ``correct`` is None when no answer can be read from the response or the reference. See :func:`grade_response`
+    for where the answer came from.
 
     Example:
         >>> grade("0.5", r"Half of it: \\boxed{\\frac{1}{2}}")
         ('\\\\frac{1}{2}', True)
     """
-    from math_verify import verify
-
-    if response is None or not str(response).strip():
-        return None, None
-    predicted, answer = _read_prediction(str(response))
-    gold_text = reference_answer(reference)
-    if not predicted or gold_text is None:
-        return answer, None
-    gold = _parse_boxed(gold_text)
-    if not gold:
-        return answer, None
-    # verify(gold, prediction) is not symmetric: the reference goes first.
-    return answer, bool(verify(gold, predicted, timeout_seconds=_timeout()))
+    graded = grade_response(reference, response)
+    return graded.answer, graded.correct
 
 
 def is_correct(reference: Any, response_or_answer: str | None) -> bool | None:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .answers import grade, reference_answer
+from .answers import grade_response, reference_answer
 from .errors import LocalnatError
 
 logger = logging.getLogger(__name__)
@@ -181,10 +181,13 @@ def evaluate_student(
 ) -> tuple[list[dict], dict]:
     """Generate greedily for each problem and grade it; return per-problem records and accuracy metrics.
 
-    Records (in problem order) hold ``index, problem, reference, generation, extracted_answer, correct`` and
-    ``truncated`` (stopped by ``max_new_tokens``). ``correct`` is None when no answer could be read; it counts as
-    wrong. Metrics: ``accuracy, accuracy_ci_low, accuracy_ci_high`` (95% Wilson), ``num_problems, num_correct,
-    num_no_answer, num_truncated``.
+    Records (in problem order) hold ``index, problem, reference, generation, extracted_answer, answer_source,
+    correct`` and ``truncated`` (stopped by ``max_new_tokens``). ``correct`` is None when no answer could be read;
+    it counts as wrong. ``answer_source`` is "marked" (``\\boxed{}``, "final answer", ``#### N``), "bare" or
+    "unmarked": free text read by math-verify's last readable value, which can match by chance.
+    Metrics: ``accuracy, accuracy_ci_low, accuracy_ci_high`` (95% Wilson), ``num_problems, num_correct,
+    num_no_answer, num_truncated``, and ``num_unmarked_answer, num_correct_unmarked`` (so
+    ``(num_correct - num_correct_unmarked) / num_problems`` is the accuracy on marked answers only).
 
     Example:
         >>> records, metrics = evaluate_student(model, tokenizer, ["What is 2+3?"], ["5"])  # doctest: +SKIP
@@ -213,14 +216,15 @@ def evaluate_student(
             outputs = _generate(model, [encoded[i] for i in batch], max_new_tokens, pad_id, eos_ids)
             for i, (tokens, truncated) in zip(batch, outputs, strict=True):
                 generation = tokenizer.decode(tokens, skip_special_tokens=True)
-                extracted, correct = grade(answers[i], generation)
+                graded = grade_response(answers[i], generation)
                 records[i] = {
                     "index": i,
                     "problem": problems[i],
                     "reference": reference_answer(answers[i]),
                     "generation": generation,
-                    "extracted_answer": extracted,
-                    "correct": correct,
+                    "extracted_answer": graded.answer,
+                    "answer_source": graded.source,
+                    "correct": graded.correct,
                     "truncated": truncated,
                 }
             bar.update(len(batch))
@@ -238,6 +242,8 @@ def evaluate_student(
         "num_correct": num_correct,
         "num_no_answer": sum(record["correct"] is None for record in done),
         "num_truncated": sum(record["truncated"] for record in done),
+        "num_unmarked_answer": sum(r["answer_source"] == "unmarked" and r["correct"] is not None for r in done),
+        "num_correct_unmarked": sum(r["answer_source"] == "unmarked" and r["correct"] is True for r in done),
     }
     return done, metrics
 
@@ -318,7 +324,8 @@ def run_evaluate(args: EvaluateArguments) -> dict:
         f"{Path(args.benchmark).stem}: accuracy {metrics['accuracy']:.1%} ({metrics['num_correct']}/"
         f"{metrics['num_problems']}, 95% CI {metrics['accuracy_ci_low']:.1%}-{metrics['accuracy_ci_high']:.1%}) "
         f"for {student}; {metrics['num_no_answer']} without a readable answer, {metrics['num_truncated']} cut off "
-        f"at --max_new_tokens {args.max_new_tokens}."
+        f"at --max_new_tokens {args.max_new_tokens}; {metrics['num_unmarked_answer']} answers read from unmarked "
+        f"text (no \\boxed{{}} or final answer), {metrics['num_correct_unmarked']} of them counted correct."
     )
     # The dict itself, on one line, so a script can log it next to a TRL run (e.g. trainer.log(metrics)).
     print(json.dumps(metrics))

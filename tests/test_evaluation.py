@@ -22,7 +22,9 @@ from hf_localnat.evaluation import (
 
 BENCHMARKS = SHARED / "benchmarks"
 METRIC_KEYS = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "num_problems"}
-RECORD_KEYS = {"index", "problem", "reference", "generation", "extracted_answer", "correct", "truncated"}
+RECORD_KEYS = {
+    "index", "problem", "reference", "generation", "extracted_answer", "answer_source", "correct", "truncated"
+}  # fmt: skip
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -88,13 +90,15 @@ def test_malformed_benchmark_line(tmp_path):
 
 def test_grading_with_scripted_generations(monkeypatch, tiny_model, tiny_tokenizer):
     problems = ["What is 1/2 as a decimal?", "GSM: 600 + 634?", "What is 3 + 4?", "Name a prime.", "What is 9 - 1?"]
-    answers = ["0.5", "Sum.\n#### 1,234", 7.0, "2", "8"]
+    problems.append("What is 5 + 5?")
+    answers = ["0.5", "Sum.\n#### 1,234", 7.0, "2", "8", "10"]
     scripted = {
         problems[0]: r"Half is \boxed{\frac{1}{2}}",  # equal, though written differently
         problems[1]: "600 + 634 = 1234. The answer is 1,234.",
         problems[2]: r"\boxed{8}",  # wrong
         problems[3]: "I do not know.",  # no answer -> None, counted wrong
         problems[4]: "Final Answer: 8",
+        problems[5]: "Five and five make 10 in all",  # no marker: math-verify's last value, flagged "unmarked"
     }
     seen_batches = []
 
@@ -110,13 +114,16 @@ def test_grading_with_scripted_generations(monkeypatch, tiny_model, tiny_tokeniz
 
     monkeypatch.setattr(evaluation, "_generate", fake_generate)
     records, metrics = evaluate_student(tiny_model, tiny_tokenizer, problems, answers, batch_size=2, progress=False)
-    assert seen_batches == [2, 2, 1]
-    assert [record["correct"] for record in records] == [True, True, False, None, True]
-    assert [record["extracted_answer"] for record in records] == [r"\frac{1}{2}", "1234", "8", None, "8"]
+    assert seen_batches == [2, 2, 2]
+    assert [record["correct"] for record in records] == [True, True, False, None, True, True]
+    assert [record["extracted_answer"] for record in records] == [r"\frac{1}{2}", "1234", "8", None, "8", "10"]
+    sources = [record["answer_source"] for record in records]
+    assert sources == ["marked", "marked", "marked", "unmarked", "marked", "unmarked"]
     assert [record["generation"] for record in records] == [scripted[p] for p in problems]
-    assert metrics["accuracy"] == pytest.approx(0.6)
-    assert metrics["num_correct"] == 3 and metrics["num_no_answer"] == 1 and metrics["num_problems"] == 5
-    low, high = wilson_interval(3, 5)
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["num_correct"] == 4 and metrics["num_no_answer"] == 1 and metrics["num_problems"] == 6
+    assert metrics["num_unmarked_answer"] == 1 and metrics["num_correct_unmarked"] == 1  # "I do not know." has none
+    low, high = wilson_interval(4, 6)
     assert (metrics["accuracy_ci_low"], metrics["accuracy_ci_high"]) == (low, high)
 
 
@@ -126,7 +133,16 @@ def test_real_generation_is_greedy_and_deterministic(tiny_model, tiny_tokenizer)
     # Batched (left-padded) and one-at-a-time generations agree: the padding is masked.
     alone, _ = evaluate_student(tiny_model, tiny_tokenizer, problems, answers, 5, batch_size=1, progress=False)
     assert [r["generation"] for r in first] == [r["generation"] for r in alone]
-    assert all(r["truncated"] in (True, False) for r in first)
+
+
+def test_generate_flags_truncation_and_stops_at_eos(tiny_model, tiny_tokenizer):
+    prompts = [tiny_tokenizer("What is 2 + 2?")["input_ids"], tiny_tokenizer("Hi")["input_ids"]]
+    free = evaluation._generate(tiny_model, prompts, 4, pad_id=0, eos_ids=[])
+    assert [(len(tokens), truncated) for tokens, truncated in free] == [(4, True), (4, True)]
+    # Make the first prompt's second greedy token the end of sequence: it stops there and is not cut off.
+    eos = free[0][0][1]
+    stopped = evaluation._generate(tiny_model, prompts[:1], 4, pad_id=0, eos_ids=[eos])
+    assert stopped[0][1] is False and stopped[0][0] == free[0][0][: free[0][0].index(eos)]
 
 
 def test_wilson_interval():
