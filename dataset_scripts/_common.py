@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from datasets import Dataset
 
-from hf_localnat.data_io import load_rows, require_columns, write_rows
+from hf_localnat.data_io import check_output_path, load_rows, require_columns, write_rows
 from hf_localnat.errors import LocalnatError
 
 LONG_COLUMNS = ("prompt_id", "prompt", "teacher", "response")
@@ -37,9 +37,30 @@ def load_long(source: str | os.PathLike, required: Iterable[str] = (), split: st
     return ds.to_list()
 
 
+def check_output(output: str | os.PathLike) -> Path:
+    """The output path, if its suffix names a format we write; exit with one line otherwise (before any work)."""
+    try:
+        return check_output_path(output)
+    except LocalnatError as err:
+        fail(str(err))
+
+
+def _text_where_mixed(rows: list[dict], columns: list[str]) -> list[str]:
+    """Store as text (in place) the columns that hold both text and numbers, e.g. a CSV's 4 beside a JSONL's "4"."""
+    mixed = []
+    for column in columns:
+        kinds = {type(row[column]) for row in rows if row[column] is not None}
+        if str in kinds and kinds & {int, float, bool}:
+            mixed.append(column)
+            for row in rows:
+                if row[column] is not None and not isinstance(row[column], str):
+                    row[column] = str(row[column])
+    return mixed
+
+
 def save_long(rows: list[dict], output: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write rows atomically in the format the suffix names; refuse to replace a file unless ``overwrite``."""
-    path = Path(output)
+    path = check_output(output)
     if path.exists() and not overwrite:
         fail(f"{path} exists; pass --overwrite to replace it.")
     if not rows:
@@ -47,12 +68,26 @@ def save_long(rows: list[dict], output: str | os.PathLike, overwrite: bool = Fal
     # Dataset.from_list takes its columns from the first row: give every row every column (None where absent).
     columns = list(dict.fromkeys(key for row in rows for key in row))
     rows = [{column: row.get(column) for column in columns} for row in rows]
+    mixed = _text_where_mixed(rows, columns)
+    if mixed:
+        print(f"note: column(s) {', '.join(mixed)} hold both text and numbers; written as text.", file=sys.stderr)
     try:
         ds = Dataset.from_list(rows)
     except (TypeError, ValueError, ArithmeticError) as err:  # pyarrow's ArrowInvalid/ArrowTypeError are these
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        fail(f"{path}: the rows cannot be stored together ({first}). Make each column hold one type.")
+        fail(f"{path}: the rows cannot be stored together{_bad_column(rows, columns)} ({first}). "
+             "Make each column hold one type.")  # fmt: skip
     return write_rows(ds, path)
+
+
+def _bad_column(rows: list[dict], columns: list[str]) -> str:
+    """", column 'X'" for the first column that cannot be stored on its own, else ""."""
+    for column in columns:
+        try:
+            Dataset.from_dict({column: [row[column] for row in rows]})
+        except (TypeError, ValueError, ArithmeticError):
+            return f", column {column!r}"
+    return ""
 
 
 def normalize_prompt(text: str) -> str:
@@ -227,6 +262,7 @@ def long_row(
 def convert_files(args: Any, required: list[str], convert: Callable[[list[dict], str | None, str], list[dict]]) -> int:
     """The shared ``main`` of the per-file converters: read each of ``args.inputs``, convert its rows with
     ``convert(rows, teacher, path)`` (teacher from the file name or ``--teacher``), add ``correct``, write once."""
+    check_output(args.output)
     long_rows: list[dict] = []
     for path in args.inputs:
         rows = load_long(path, required=required)

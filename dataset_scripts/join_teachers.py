@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_correctness,
     add_output_arguments,
+    check_output,
     extra_columns,
     fail,
     load_long,
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_output_arguments(parser)
     args = parser.parse_args(argv)
+    check_output(args.output)
     paths = parse_inputs(args.input)
     required = [args.prompt_column, args.response_column] + [c for c in (args.id_column, args.reference_column) if c]
     inputs = {}

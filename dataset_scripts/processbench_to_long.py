@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fail, save_long  # noqa: E402
+from _common import check_output, fail, save_long  # noqa: E402
 
 STEP_SEPARATOR = "\n\n"
 REQUIRED = ("id", "generator", "problem", "steps", "label")
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed for --sample.")
     parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it exists.")
     args = parser.parse_args(argv)
+    check_output(args.output)
     path = Path(args.input)
     if not path.is_file():
         fail(f"{path} not found. Point at processbench_<subset>.json.")

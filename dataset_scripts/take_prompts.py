@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fail, load_long, save_long  # noqa: E402
+from _common import check_output, fail, load_long, save_long  # noqa: E402
 
 
 def take_prompts(rows: list[dict], prompts: int, id_column: str = "prompt_id", sort: bool = False) -> list[dict]:
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sort", action="store_true", help="Take the smallest ids, not the first seen.")
     parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it exists.")
     args = parser.parse_args(argv)
+    check_output(args.output)
     rows = load_long(args.input, required=(args.id_column,))
     if args.prompts < 1:
         fail(f"--prompts must be >= 1, got {args.prompts}")

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     add_correctness,
     add_output_arguments,
+    check_output,
     extra_columns,
     fail,
     load_long,
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-column", default=None, help="Column holding the prompt id (default: hash of prompt).")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
+    check_output(args.output)
     required = [args.prompt_column] + [c for c in (args.id_column, args.reference_column) if c]
     rows = load_long(args.input, required=required)
     columns = list(rows[0]) if rows else []

@@ -161,11 +161,12 @@ def launch_state():
 
 
 def run_score(args: ScoreArguments, input_path: str) -> None:
-    from .data_io import load_rows, require_columns, require_text, write_rows
+    from .data_io import check_output_path, load_rows, require_columns, require_text, write_rows
     from .scorer import score_dataset
 
     if not args.output:
         raise LocalnatError("score needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
+    check_output_path(args.output)
     check_scoring_args(args)
     state = launch_state()
     with state.main_process_first() if state is not None else contextlib.nullcontext():
@@ -188,11 +189,12 @@ def run_score(args: ScoreArguments, input_path: str) -> None:
 
 
 def run_select(args: SelectArguments, scored_path: str) -> None:
-    from .data_io import load_rows, require_columns, write_rows
+    from .data_io import check_output_path, load_rows, require_columns, write_rows
     from .selection import select_responses
 
     if not args.output:
         raise LocalnatError("select needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
+    check_output_path(args.output)
     ds = load_rows(scored_path)
     require_columns(ds, [args.by, args.group_by], scored_path, {args.by: "--by", args.group_by: "--group-by"})
     selected, report = select_responses(

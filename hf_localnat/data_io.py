@@ -96,6 +96,11 @@ def load_rows(source: str | os.PathLike, split: str = "train") -> Dataset:
         if fmt == "parquet":
             loaded.info.description = _read_description(path) or loaded.info.description
         return loaded
+    if path.is_file():
+        raise LocalnatError(
+            f"{path}: cannot read {path.suffix or 'files without a suffix'!s}; use a .jsonl, .json, .parquet or .csv "
+            "file (or convert it with a script in dataset_scripts/)."
+        )
     if path.suffix and not path.exists():
         raise LocalnatError(
             f"input {str(path)!r} not found. Use a .jsonl, .json, .parquet or .csv file, a save_to_disk folder, "
@@ -187,6 +192,25 @@ def _read_description(path: Path) -> str | None:
     return value.decode() if value else None
 
 
+def check_output_path(output: str | os.PathLike, flag: str = "--output") -> Path:
+    """Refuse an output name whose suffix names no format we write; check it before long work, not after.
+
+    A .jsonl/.json/.parquet/.csv suffix writes that file; no suffix (or an existing folder) writes a
+    ``save_to_disk`` folder.
+
+    Example:
+        >>> check_output_path("scored.parquet")
+        PosixPath('scored.parquet')
+    """
+    path = Path(output)
+    if path.suffix and path.suffix.lower() not in FILE_FORMATS and not path.is_dir():
+        raise LocalnatError(
+            f"{flag} {str(path)!r}: cannot write {path.suffix} files. Use .jsonl, .json, .parquet or .csv, or a "
+            "name without a suffix for a save_to_disk folder."
+        )
+    return path
+
+
 def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
     """Write a dataset atomically; the format follows the suffix (.jsonl/.json/.parquet/.csv), else a folder.
 
@@ -194,7 +218,7 @@ def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
         >>> write_rows(scored, "scored.parquet")  # doctest: +SKIP
         PosixPath('scored.parquet')
     """
-    path = Path(output)
+    path = check_output_path(output)
     suffix = path.suffix.lower()
     if suffix in FILE_FORMATS:
         with atomic_file(path) as tmp:

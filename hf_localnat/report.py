@@ -1110,6 +1110,10 @@ _SECTION_BUILDERS = {
 }
 
 
+# Suffixes that mean a file, not the report folder (`--output rep/report.html` is a common slip).
+_FILE_SUFFIXES = (".html", ".htm", ".json", ".jsonl", ".parquet", ".csv", ".png", ".pdf", ".txt", ".md")
+
+
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse an output folder that would lose data; return it as a Path.
 
@@ -1121,6 +1125,11 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
         PosixPath('new-report-folder')
     """
     output = Path(output_dir)
+    if output.suffix.lower() in _FILE_SUFFIXES and not output.is_dir():
+        raise LocalnatError(
+            f"--output {str(output)!r} looks like a file; it is the folder that gets report.html and the figures. "
+            f"Pass a folder name such as {str(output.with_suffix(''))!r}."
+        )
     if not output.exists():
         return output
     if not output.is_dir():

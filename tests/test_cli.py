@@ -422,6 +422,9 @@ ERROR_CASES = {
         ["select", "{scored}", "--by", "nope", "--output", "{out}"],
         ["scored.parquet", "'nope'", "--by"],
     ),
+    "score-output-txt": (["score", "{in}", "--output", "{dir}/scored.txt"], ["--output", "scored.txt", ".parquet"]),
+    "select-output-txt": (["select", "{scored}", "--output", "{dir}/sel.txt"], ["--output", "sel.txt", ".jsonl"]),
+    "input-txt": (["score", "{dir}/notes.txt", "--output", "{out}"], ["notes.txt", "cannot read .txt", ".jsonl"]),
     "rank-teachers-txt": (
         ["rank-teachers", "{scored}", "--output", "{dir}/x.txt"],
         ["--output", "x.txt", ".csv or .json"],
@@ -441,6 +444,7 @@ def test_one_line_errors(tmp_path, tiny_student_dir, rows, scored, capsys, case)
     write_jsonl(tmp_path / "in.jsonl", rows)
     (tmp_path / "bad.jsonl").write_text(bad_json_lines(rows))
     write_jsonl(tmp_path / "nonstr.jsonl", non_string_rows(rows))
+    (tmp_path / "notes.txt").write_text("prompt,response\n")
     scored_copy = tmp_path / "scored.parquet"
     shutil.copy(scored, scored_copy)
     fill = {"dir": tmp_path, "in": tmp_path / "in.jsonl", "out": tmp_path / "out.jsonl", "scored": scored_copy}

@@ -187,6 +187,24 @@ def test_join_teachers_on_id_column_and_errors(tmp_path, capsys):
     assert "nope.jsonl" in line and "not found" in line
 
 
+def test_join_teachers_mixed_reference_types_and_bad_output(tmp_path, capsys):
+    # The same reference reads as text from JSONL and as a number from CSV: stored as text, not an error.
+    a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": Q1, "response": r"\boxed{4}", "ref": "4"}])
+    b = tmp_path / "b.csv"
+    pd.DataFrame([{"prompt": Q1, "response": "It is 5. Final answer: 5", "ref": 4}]).to_csv(b, index=False)
+    out = tmp_path / "joined.jsonl"
+    assert join_teachers.main(["--input", f"a={a}", "--input", f"b={b}", str(out), "--reference-column", "ref"]) == 0
+    assert "ref hold both text and numbers" in capsys.readouterr().err
+    assert [(row["teacher"], row["ref"], row["correct"]) for row in read_jsonl(out)] == [("a", "4", True),
+                                                                                       ("b", "4", False)]  # fmt: skip
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = error_line(capsys, lambda: join_teachers.main(["--input", f"a={a}", str(tmp_path / "joined.txt")]))
+    assert "joined.txt" in line and ".parquet" in line
+    line = error_line(capsys, lambda: wide_to_long.main([str(a), str(tmp_path / "long.txt"), "--teachers", "ref"]))
+    assert "long.txt" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
 def test_prompt_completion_text_and_conversational(tmp_path):
     rows = [
         {"prompt": Q1, "completion": "The answer is 4.", "reference_answer": "4"},

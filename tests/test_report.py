@@ -406,6 +406,10 @@ def test_output_folder_rules(pool, tmp_path):
     assert (out / REPORT_HTML).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "out"]  # no temporary folders left
 
+    with pytest.raises(LocalnatError, match="looks like a file.*html_out'"):
+        build_report(small, tmp_path / "html_out.html", n_boot=N_BOOT, progress=False)
+    assert not (tmp_path / "html_out.html").exists()
+
     with pytest.raises(LocalnatError, match="row index"):
         build_report(small, tmp_path / "x", rows=[99], progress=False)
     assert not (tmp_path / "x").exists()
