@@ -461,8 +461,10 @@ def _section_ranking(ctx: _Context, section: _Section) -> None:
         common = [t for t in order if t in good[a] and t in good[b]]
         tau = kendall_tau_b([good[a][t] for t in common], [good[b][t] for t in common])
         taus.append({"a": a, "b": b, "tau_b": tau, "num_teachers": len(common)})
+    shared = _num_shared_prompts(ctx)
     section.data.update(
         order=order,
+        num_shared_prompts=shared,
         primary_metric=primary,
         metrics=records,
         failed_metrics=failed,
@@ -501,6 +503,14 @@ def _section_ranking(ctx: _Context, section: _Section) -> None:
         "teacher scores best.</p>",
         _table([], rows_html, head=head),
         _img(name, "teacher ranking by metric"),
+    ]
+    if shared == 0:
+        body.append(
+            "<p class='skipped'>No prompt was answered by more than one teacher: each mean is over different "
+            "prompts, so this ranking mixes the teachers with their prompts' difficulty, and there are no win "
+            "rates.</p>"
+        )
+    body += [
         "<h3>Agreement between rankings (Kendall &tau;-b)</h3>",
         "<p>Each ranking is oriented best first (rsr is lower-is-better, so it is negated); "
         "&tau;-b = +1 means the same order, &minus;1 the reverse; ties are corrected for. "
@@ -546,6 +556,14 @@ def _need_groups_and_teachers(ctx: _Context) -> None:
         raise _Skip(f"no teacher column {ctx.teacher_column!r} (pass teacher_column / --teacher-column).")
     if not ctx.has_groups:
         raise _Skip(f"no prompt column {ctx.group_by!r} (pass group_by / --group-by).")
+
+
+def _num_shared_prompts(ctx: _Context) -> int:
+    """How many prompts more than one teacher answered: the only ones where teachers meet head to head."""
+    teachers_of: dict[int, set[str]] = {}
+    for code, teacher in zip(ctx.group_codes.tolist(), ctx.teachers, strict=True):
+        teachers_of.setdefault(code, set()).add(teacher)
+    return sum(len(names) > 1 for names in teachers_of.values())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1015,6 +1033,8 @@ def _section_selection(ctx: _Context, section: _Section) -> None:
     winners: dict[str, dict[int, int]] = {}
     per_metric: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
+    if int(np.bincount(ctx.group_codes).max(initial=0)) < 2:
+        raise _Skip("every prompt has one response: there is nothing to select between.")
     for metric in ctx.metrics:
         try:
             selected = select_responses(slim, by=metric, group_by=ctx.group_by, k=1)

@@ -365,6 +365,25 @@ def test_step_labels_section(processbench_report):
     assert_images_ok(folder, page, report)
 
 
+def test_one_response_per_prompt(tmp_path, pool, full_report):
+    # ProcessBench-like: each generator answered different problems, so nothing meets head to head.
+    rows = [{"prompt_id": f"q{i}", "teacher": "ab"[i % 2], "local_naturalness": -1.0 - 0.1 * i} for i in range(6)]
+    build_report(datasets.Dataset.from_list(rows), tmp_path / "r", n_boot=N_BOOT, progress=False)
+    sections = json.loads((tmp_path / "r" / REPORT_JSON).read_text())["sections"]
+    page = (tmp_path / "r" / REPORT_HTML).read_text()
+    assert sections["ranking"]["status"] == "ok" and sections["ranking"]["num_shared_prompts"] == 0
+    assert "No prompt was answered by more than one teacher" in page
+    assert sections["selection"]["status"] == "skipped" and "one response" in sections["selection"]["reason"]
+    # The multi-teacher pool: every prompt with two or more teachers counts, and the note is absent.
+    teachers_of: dict = {}
+    for prompt, teacher in zip(pool["prompt_id"], pool["teacher"], strict=True):
+        teachers_of.setdefault(prompt, set()).add(teacher)
+    shared = sum(len(names) > 1 for names in teachers_of.values())
+    _, report, full_page = full_report
+    assert shared > 0 and report["sections"]["ranking"]["num_shared_prompts"] == shared
+    assert "No prompt was answered by more than one teacher" not in full_page
+
+
 def test_missing_step_columns_skip_cleanly(pool, tmp_path):
     plain = pool.remove_columns(["step_spans", "step_logprobs", "correct"])
     path = build_report(plain, tmp_path / "r", n_boot=N_BOOT, progress=False)
