@@ -30,6 +30,8 @@ $BIN/hf-localnat report "$WORK/processbench_math_200.scored.parquet" --output do
 
 # 3. The tables of docs/findings.md.
 $BIN/python docs/findings_tables.py docs/math_l5_200/report.json docs/processbench_math_200/report.json
+# Looping responses, and which metric selects them (docs/findings.md, MATH-L5 "Looping responses").
+$BIN/python docs/repetition_loops.py "$WORK/math_l5_200.scored.parquet"
 
 # 4. The embedded student itself on two benchmarks (greedy, 512 new tokens; about 8 min each on 2 cores).
 for BENCH in gsm8k math500; do
