@@ -12,9 +12,11 @@ import argparse
 import json
 from collections import Counter
 
+import datasets
 import pandas as pd
 
-METRICS = {"global_naturalness": True, "local_naturalness": True, "rsr": False}  # metric -> higher is better
+from hf_localnat.metrics import METRIC_COLUMNS
+from hf_localnat.selection import select_responses
 
 
 def loops(response: str | None, min_lines: int, max_unique: float) -> bool:
@@ -26,12 +28,6 @@ def loops(response: str | None, min_lines: int, max_unique: float) -> bool:
     """
     lines = [line.strip() for line in (response or "").splitlines() if line.strip()]
     return len(lines) >= min_lines and len(set(lines)) / len(lines) < max_unique
-
-
-def select_best(pool: pd.DataFrame, metric: str, higher: bool) -> pd.DataFrame:
-    """The best-scored row of each prompt (rows without a score are left out)."""
-    valid = pool.dropna(subset=[metric])
-    return valid.loc[(valid[metric] if higher else -valid[metric]).groupby(valid["prompt_id"]).idxmax()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,14 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         "selection_accuracy": {},
         "selection_accuracy_without_looping": {},
     }
-    for metric, higher in METRICS.items():
+    columns = [c for c in ("prompt_id", "correct", "loops", *METRIC_COLUMNS.values()) if c in pool]
+    rows = datasets.Dataset.from_pandas(pool[columns], preserve_index=False)
+    for metric in METRIC_COLUMNS.values():
         if metric not in pool:
             continue
-        best = select_best(pool, metric, higher)
+        best = select_responses(rows, by=metric).to_pandas()  # the product's own one-per-prompt selection
         out["selected_looping"][metric] = int(best["loops"].sum())
         if "correct" in pool:
             out["selection_accuracy"][metric] = float(best["correct"].mean())
-            kept = select_best(pool[~pool["loops"]], metric, higher)
+            kept = select_responses(rows, by=metric, where=lambda row: not row["loops"]).to_pandas()
             out["selection_accuracy_without_looping"][metric] = float(kept["correct"].mean())
     print(json.dumps(out, indent=2))
     return 0

@@ -44,7 +44,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data_io import _UMASK, load_rows, replace_dir
+from .data_io import _UMASK, FILE_FORMATS, load_rows, replace_dir
 from .errors import LocalnatError
 from .metrics import METRIC_COLUMNS
 from .selection import is_higher_better, rank_teachers, select_responses
@@ -1029,12 +1029,12 @@ def _section_selection(ctx: _Context, section: _Section) -> None:
     _need_groups_and_teachers(ctx)
     if not ctx.metrics:
         raise _Skip(f"no metric column ({', '.join(METRIC_COLUMNS.values())}); {_SCORE_HINT}.")
+    if int(np.bincount(ctx.group_codes).max(initial=0)) < 2:
+        raise _Skip("every prompt has one response: there is nothing to select between.")
     slim = ctx.slim()
     winners: dict[str, dict[int, int]] = {}
     per_metric: dict[str, dict[str, Any]] = {}
     failed: dict[str, str] = {}
-    if int(np.bincount(ctx.group_codes).max(initial=0)) < 2:
-        raise _Skip("every prompt has one response: there is nothing to select between.")
     for metric in ctx.metrics:
         try:
             selected = select_responses(slim, by=metric, group_by=ctx.group_by, k=1)
@@ -1131,7 +1131,7 @@ _SECTION_BUILDERS = {
 
 
 # Suffixes that mean a file, not the report folder (`--output rep/report.html` is a common slip).
-_FILE_SUFFIXES = (".html", ".htm", ".json", ".jsonl", ".parquet", ".csv", ".png", ".pdf", ".txt", ".md")
+_FILE_SUFFIXES = (*FILE_FORMATS, ".html", ".htm", ".png", ".pdf", ".txt", ".md")
 
 
 def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:

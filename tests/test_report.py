@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
 
 from hf_localnat.errors import LocalnatError
@@ -375,10 +376,8 @@ def test_one_response_per_prompt(tmp_path, pool, full_report):
     assert "No prompt was answered by more than one teacher" in page
     assert sections["selection"]["status"] == "skipped" and "one response" in sections["selection"]["reason"]
     # The multi-teacher pool: every prompt with two or more teachers counts, and the note is absent.
-    teachers_of: dict = {}
-    for prompt, teacher in zip(pool["prompt_id"], pool["teacher"], strict=True):
-        teachers_of.setdefault(prompt, set()).add(teacher)
-    shared = sum(len(names) > 1 for names in teachers_of.values())
+    frame = pd.DataFrame({"prompt_id": pool["prompt_id"], "teacher": pool["teacher"]})
+    shared = int((frame.groupby("prompt_id")["teacher"].nunique() > 1).sum())
     _, report, full_page = full_report
     assert shared > 0 and report["sections"]["ranking"]["num_shared_prompts"] == shared
     assert "No prompt was answered by more than one teacher" not in full_page
