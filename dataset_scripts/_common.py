@@ -14,8 +14,9 @@ from typing import Any, NoReturn
 
 from datasets import Dataset
 
-from hf_localnat.data_io import check_output_path, load_rows, require_columns, write_rows
+from hf_localnat.data_io import load_rows, require_columns, write_rows
 from hf_localnat.errors import LocalnatError
+from hf_localnat.outputs import check_output as check_output_path
 
 LONG_COLUMNS = ("prompt_id", "prompt", "teacher", "response")
 GRADE_COLUMNS = ("model_answer", "correct")
@@ -37,10 +38,13 @@ def load_long(source: str | os.PathLike, required: Iterable[str] = (), split: st
     return ds.to_list()
 
 
-def check_output(output: str | os.PathLike) -> Path:
-    """The output path, if its suffix names a format we write; exit with one line otherwise (before any work)."""
+def check_output(
+    output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False
+) -> Path:
+    """Check OUTPUT before any work (hf_localnat's output rule: never an input, never replaced without
+    ``--overwrite``, a writable folder); exit with one line otherwise."""
     try:
-        return check_output_path(output)
+        return check_output_path(output, "rows", inputs=inputs, overwrite=overwrite, flag="OUTPUT")
     except LocalnatError as err:
         fail(str(err))
 
@@ -58,11 +62,11 @@ def _text_where_mixed(rows: list[dict], columns: list[str]) -> list[str]:
     return mixed
 
 
-def save_long(rows: list[dict], output: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write rows atomically in the format the suffix names; refuse to replace a file unless ``overwrite``."""
-    path = check_output(output)
-    if path.exists() and not overwrite:
-        fail(f"{path} exists; pass --overwrite to replace it.")
+def save_long(
+    rows: list[dict], output: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Write rows atomically in the format the suffix names; refuse to replace an output unless ``overwrite``."""
+    path = check_output(output, inputs, overwrite)
     if not rows:
         fail("no rows to write.")
     # Dataset.from_list takes its columns from the first row: give every row every column (None where absent).
@@ -77,7 +81,10 @@ def save_long(rows: list[dict], output: str | os.PathLike, overwrite: bool = Fal
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         fail(f"{path}: the rows cannot be stored together{_bad_column(rows, columns)} ({first}). "
              "Make each column hold one type.")  # fmt: skip
-    return write_rows(ds, path)
+    try:
+        return write_rows(ds, path, overwrite=overwrite, inputs=inputs)
+    except LocalnatError as err:
+        fail(str(err))
 
 
 def _bad_column(rows: list[dict], columns: list[str]) -> str:
@@ -262,7 +269,7 @@ def long_row(
 def convert_files(args: Any, required: list[str], convert: Callable[[list[dict], str | None, str], list[dict]]) -> int:
     """The shared ``main`` of the per-file converters: read each of ``args.inputs``, convert its rows with
     ``convert(rows, teacher, path)`` (teacher from the file name or ``--teacher``), add ``correct``, write once."""
-    check_output(args.output)
+    check_output(args.output, args.inputs, args.overwrite)
     long_rows: list[dict] = []
     for path in args.inputs:
         rows = load_long(path, required=required)
@@ -270,7 +277,7 @@ def convert_files(args: Any, required: list[str], convert: Callable[[list[dict],
         teacher = teacher_from_path(path) if args.teacher_from_filename else args.teacher
         long_rows += convert(rows, teacher, path)
     add_correctness(long_rows, args.reference_column)
-    save_long(long_rows, args.output, overwrite=args.overwrite)
+    save_long(long_rows, args.output, overwrite=args.overwrite, inputs=args.inputs)
     teachers = len({row["teacher"] for row in long_rows})
     print(f"wrote {len(long_rows)} rows from {len(args.inputs)} files ({teachers} teachers) -> {args.output}")
     return 0

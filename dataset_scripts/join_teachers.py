@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_output_arguments(parser)
     args = parser.parse_args(argv)
-    check_output(args.output)
     paths = parse_inputs(args.input)
+    check_output(args.output, paths.values(), args.overwrite)
     required = [args.prompt_column, args.response_column] + [c for c in (args.id_column, args.reference_column) if c]
     inputs = {}
     for teacher, path in paths.items():
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     add_correctness(joined, args.reference_column)
-    save_long(joined, args.output, overwrite=args.overwrite)
+    save_long(joined, args.output, overwrite=args.overwrite, inputs=paths.values())
     prompts = len({row["prompt_id"] for row in joined})
     print(f"wrote {len(joined)} rows: {prompts} prompts, {len(paths)} teachers -> {args.output}")
     return 0

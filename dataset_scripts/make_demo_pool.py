@@ -14,7 +14,7 @@ that the later steps carry on to a wrong final answer), at a different rate per 
 only; the same ``--seed`` always writes the same bytes.
 
 Example:
-    python dataset_scripts/make_demo_pool.py --output hf_localnat/data/demo_pool.jsonl --seed 0
+    python dataset_scripts/make_demo_pool.py --output hf_localnat/data/demo_pool.jsonl --seed 0 --overwrite
 """
 
 from __future__ import annotations
@@ -480,9 +480,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSONL file to write (default: hf_localnat/data/demo_pool.jsonl in the repo)")
     parser.add_argument("--num-prompts", type=int, default=48, help="number of prompts (default: 48)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (e.g. the shipped pool)")
     args = parser.parse_args(argv)
     if args.num_prompts < 1:
         parser.error("--num-prompts must be at least 1")
+    if args.output.is_dir():
+        parser.error(f"--output {str(args.output)!r} is a folder; name the .jsonl file to write")
+    if args.output.exists() and not args.overwrite:
+        parser.error(f"--output {str(args.output)!r} exists; pass --overwrite to replace it")
     rows = build_pool(args.num_prompts, args.seed)
     write_jsonl(rows, args.output)
     print(summary(rows, args.output))

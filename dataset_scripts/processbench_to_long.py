@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="Seed for --sample.")
     parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it exists.")
     args = parser.parse_args(argv)
-    check_output(args.output)
+    check_output(args.output, [args.input], args.overwrite)
     path = Path(args.input)
     if not path.is_file():
         fail(f"{path} not found. Point at processbench_<subset>.json.")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = sorted(random.Random(args.seed).sample(range(len(records)), min(args.sample, len(records))))
         records = [records[i] for i in keep]
     rows = processbench_rows(records[: args.limit] if args.limit else records, str(path))
-    save_long(rows, args.output, overwrite=args.overwrite)
+    save_long(rows, args.output, overwrite=args.overwrite, inputs=[args.input])
     print(f"wrote {len(rows)} solutions -> {args.output}")
     return 0
 

@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sort", action="store_true", help="Take the smallest ids, not the first seen.")
     parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it exists.")
     args = parser.parse_args(argv)
-    check_output(args.output)
+    check_output(args.output, [args.input], args.overwrite)
     rows = load_long(args.input, required=(args.id_column,))
     if args.prompts < 1:
         fail(f"--prompts must be >= 1, got {args.prompts}")
     kept = take_prompts(rows, args.prompts, args.id_column, args.sort)
-    save_long(kept, args.output, overwrite=args.overwrite)
+    save_long(kept, args.output, overwrite=args.overwrite, inputs=[args.input])
     print(f"kept {len(kept)} rows of {len({r[args.id_column] for r in kept})} prompts -> {args.output}")
     return 0
 

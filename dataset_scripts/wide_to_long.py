@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-column", default=None, help="Column holding the prompt id (default: hash of prompt).")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
-    check_output(args.output)
+    check_output(args.output, [args.input], args.overwrite)
     required = [args.prompt_column] + [c for c in (args.id_column, args.reference_column) if c]
     rows = load_long(args.input, required=required)
     columns = list(rows[0]) if rows else []
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     note_replaced(columns, [args.prompt_column, args.id_column, *teachers], args.input)
     long_rows = wide_to_long(rows, teachers, args.prompt_column, args.id_column, args.input)
     add_correctness(long_rows, args.reference_column)
-    save_long(long_rows, args.output, overwrite=args.overwrite)
+    save_long(long_rows, args.output, overwrite=args.overwrite, inputs=[args.input])
     skipped = len(rows) * len(teachers) - len(long_rows)
     note = f" ({skipped} empty responses skipped)" if skipped else ""
     print(f"wrote {len(long_rows)} rows: {len(rows)} prompts x {len(teachers)} teachers{note} -> {args.output}")

@@ -15,7 +15,7 @@ $BIN/python dataset_scripts/take_prompts.py ../shared/data/multiteacher/zeroeval
 $BIN/python bench/predict_time.py "$WORK/math_l5_200.jsonl" --metrics global,local,rsr --return_steps \
     --global-tps 484 --local-tps 191 > "$WORK/math_l5_200.predict.json"
 /usr/bin/time -v -o "$WORK/math_l5_200.time" $BIN/hf-localnat score "$WORK/math_l5_200.jsonl" \
-    --metrics global,local,rsr --return_steps --output "$WORK/math_l5_200.scored.parquet" \
+    --metrics global,local,rsr --return_steps --output "$WORK/math_l5_200.scored.parquet" --overwrite \
     2> >(tee "$WORK/math_l5_200.score.log" >&2)   # the progress bar's chunk times, for bench/chunk_costs.py
 $BIN/hf-localnat report "$WORK/math_l5_200.scored.parquet" --output docs/math_l5_200 --html_steps --overwrite
 
@@ -25,7 +25,8 @@ $BIN/python dataset_scripts/processbench_to_long.py ../shared/data/steplabels/pr
 $BIN/python bench/predict_time.py "$WORK/processbench_math_200.jsonl" --splitter paragraph --metrics local \
     --return_steps --global-tps 484 --local-tps 191 > "$WORK/processbench_math_200.predict.json"
 /usr/bin/time -v -o "$WORK/processbench_math_200.time" $BIN/hf-localnat score "$WORK/processbench_math_200.jsonl" \
-    --splitter paragraph --metrics local --return_steps --output "$WORK/processbench_math_200.scored.parquet"
+    --splitter paragraph --metrics local --return_steps --output "$WORK/processbench_math_200.scored.parquet" \
+    --overwrite
 $BIN/hf-localnat report "$WORK/processbench_math_200.scored.parquet" --output docs/processbench_math_200 --overwrite
 
 # 3. The tables of docs/findings.md.
@@ -36,5 +37,5 @@ $BIN/python docs/repetition_loops.py "$WORK/math_l5_200.scored.parquet"
 # 4. The embedded student itself on two benchmarks (greedy, 512 new tokens; about 8 min each on 2 cores).
 for BENCH in gsm8k math500; do
     $BIN/hf-localnat evaluate --benchmark "../shared/data/benchmarks/$BENCH.jsonl" --limit 100 --max_new_tokens 512 \
-        --batch_size 8 --output "docs/eval/${BENCH}_100.jsonl"
+        --batch_size 8 --output "docs/eval/${BENCH}_100.jsonl" --overwrite
 done

@@ -1,8 +1,8 @@
 """Reading user data and writing results: clear one-line errors in, atomic files out.
 
 Inputs: ``.jsonl``, ``.json``, ``.parquet``, ``.csv`` files, a ``save_to_disk`` folder, or a Hub dataset id
-(from the local cache when offline). Outputs go to a temporary sibling first and are renamed into place,
-so an interrupted write never leaves a half-written file behind.
+(from the local cache when offline). Outputs follow the rule of :mod:`hf_localnat.outputs` and go to a
+temporary sibling first, renamed into place, so an interrupted write never leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,10 +18,38 @@ import datasets
 from datasets import Dataset
 
 from .errors import LocalnatError
+from .outputs import FILE_FORMATS, check_output, remove_stale_temporaries, temporary_name
 
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+__all__ = ["FILE_FORMATS", "atomic_file", "check_output", "load_rows", "require_columns", "require_text", "write_rows"]
+_TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 _UMASK = os.umask(0o022)  # read once (the only way to read it), restored on the next line
 os.umask(_UMASK)
+
+
+def _first_non_utf8(path: Path, block: int = 1 << 20) -> str | None:
+    """Name the byte offset and line of the first byte sequence in ``path`` that is not UTF-8, or None."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block)
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                # err.start is relative to the decoder's buffered bytes plus this block.
+                buffered = len(decoder.getstate()[0])
+                bad = offset - buffered + err.start
+                line = lines + data[: max(err.start - buffered, 0)].count(b"\n") + 1
+                return (
+                    f"{path}: not UTF-8 text at byte {bad} (line {line}). Re-save the file as UTF-8, e.g. "
+                    f"iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}."
+                )
+            if not data:
+                return None
+            offset += len(data)
+            lines += data.count(b"\n")
 
 
 def _first_bad_json_line(path: Path) -> str | None:
@@ -83,6 +110,10 @@ def load_rows(source: str | os.PathLike, split: str = "train") -> Dataset:
         if not path.exists():
             raise LocalnatError(f"input file {str(path)!r} not found. Check the path.")
         fmt = FILE_FORMATS[path.suffix.lower()]
+        if path.suffix.lower() in _TEXT_SUFFIXES:
+            bad = _first_non_utf8(path)
+            if bad:
+                raise LocalnatError(bad)
         if fmt == "json" and path.suffix.lower() == ".jsonl":
             bad = _first_bad_json_line(path)
             if bad:
@@ -141,8 +172,11 @@ def require_text(ds: Dataset, column: str, source: str, allow_none: bool = True)
 
 
 @contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write; it replaces ``path`` only if the block succeeds.
+def atomic_file(path: str | os.PathLike, tmp_dir: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield a temporary file to write; it replaces ``path`` only if the block succeeds.
+
+    The temporary is a hidden sibling (or lies in ``tmp_dir``, a folder on the same file system that is
+    removed later); one left by a killed process is swept away by the next write of ``path``.
 
     Example:
         >>> with atomic_file("table.csv") as tmp:  # doctest: +SKIP
@@ -150,10 +184,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the result should get the usual permissions
+    remove_stale_temporaries(path)
+    tmp = Path(tmp_dir if tmp_dir is not None else path.parent) / temporary_name(path)
+    tmp.touch(mode=0o666 & ~_UMASK, exist_ok=False)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -192,36 +225,29 @@ def _read_description(path: Path) -> str | None:
     return value.decode() if value else None
 
 
-def check_output_path(output: str | os.PathLike, flag: str = "--output") -> Path:
-    """Refuse an output name whose suffix names no format we write; check it before long work, not after.
-
-    A .jsonl/.json/.parquet/.csv suffix writes that file; no suffix (or an existing folder) writes a
-    ``save_to_disk`` folder.
-
-    Example:
-        >>> check_output_path("scored.parquet")
-        PosixPath('scored.parquet')
-    """
-    path = Path(output)
-    if path.suffix and path.suffix.lower() not in FILE_FORMATS and not path.is_dir():
-        raise LocalnatError(
-            f"{flag} {str(path)!r}: cannot write {path.suffix} files. Use .jsonl, .json, .parquet or .csv, or a "
-            "name without a suffix for a save_to_disk folder."
-        )
-    return path
-
-
-def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
+def write_rows(
+    ds: Dataset,
+    output: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    tmp_dir: str | os.PathLike | None = None,
+    on_written: Callable[[Path], None] | None = None,
+) -> Path:
     """Write a dataset atomically; the format follows the suffix (.jsonl/.json/.parquet/.csv), else a folder.
+
+    An existing output is replaced only with ``overwrite`` (see :func:`hf_localnat.outputs.check_output`).
+    The data is written to a temporary (in ``tmp_dir`` if given); ``on_written(tmp)`` runs just before it is
+    renamed into place.
 
     Example:
         >>> write_rows(scored, "scored.parquet")  # doctest: +SKIP
         PosixPath('scored.parquet')
     """
-    path = check_output_path(output)
+    path = check_output(output, "rows", inputs=inputs, overwrite=overwrite)
     suffix = path.suffix.lower()
     if suffix in FILE_FORMATS:
-        with atomic_file(path) as tmp:
+        with atomic_file(path, tmp_dir) as tmp:
             if suffix == ".jsonl":
                 ds.to_json(str(tmp), lines=True, force_ascii=False)
             elif suffix == ".json":
@@ -238,22 +264,31 @@ def write_rows(ds: Dataset, output: str | os.PathLike) -> Path:
                         values = [json.dumps(value) for value in ds[column]]
                         ds = ds.remove_columns(column).add_column(column, values)
                 ds.select_columns(order).to_csv(str(tmp), index=False)
+            if on_written is not None:
+                on_written(tmp)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(tmp_dir, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
+    remove_stale_temporaries(path)
+    remove_stale_temporaries(path, ".old")
+    tmp = Path(tmp_dir if tmp_dir is not None else path.parent) / temporary_name(path)
+    tmp.mkdir(mode=0o777 & ~_UMASK)
     try:
-        ds.save_to_disk(str(tmp_dir))
-        replace_dir(tmp_dir, path)
+        ds.save_to_disk(str(tmp))
+        if on_written is not None:
+            on_written(tmp)
+        replace_dir(tmp, path)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
 def replace_dir(new: Path, target: Path) -> None:
-    """Move folder ``new`` to ``target``, replacing an existing folder with as short a gap as possible."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    """Move folder ``new`` to ``target``, replacing an existing folder with as short a gap as possible.
+
+    Callers check first (:func:`hf_localnat.outputs.check_output`) that ``target`` may be replaced.
+    """
+    if target.is_dir() and not target.is_symlink():
+        old = target.with_name(temporary_name(target, ".old"))
         os.replace(target, old)
         os.replace(new, target)
         shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from .data_io import load_rows
+from .outputs import check_output
 
 if TYPE_CHECKING:
     from .cli import DemoArguments
@@ -61,6 +62,12 @@ def run_demo(args: DemoArguments) -> Path:
     from .selection import rank_teachers, select_responses
 
     started = time.perf_counter()
+    folder = Path(args.output_dir)
+    # Re-running the demo replaces its own earlier output (its card says hf_localnat), never an unrelated folder.
+    readme = folder / "README.md"
+    ours = readme.is_file() and "hf_localnat:" in readme.read_text(encoding="utf-8", errors="replace")
+    overwrite = ours or args.overwrite
+    check_output(folder, "selection", overwrite=overwrite, flag="--output_dir")
     pool = load_rows(demo_pool_path())
     if args.limit_prompts is not None:
         keep = set(list(dict.fromkeys(pool["prompt_id"]))[: args.limit_prompts])
@@ -100,17 +107,13 @@ def run_demo(args: DemoArguments) -> Path:
         print(f"  {changed} of {len(common)} prompts change winner between global and local.")
 
     by = "local_naturalness" if "local_naturalness" in chosen else next(iter(chosen))
-    folder = Path(args.output_dir)
-    # Re-running the demo replaces its own earlier output, never an unrelated folder.
-    readme = folder / "README.md"
-    ours = readme.is_file() and "hf_localnat:" in readme.read_text(encoding="utf-8", errors="replace")
     push_selection(
         chosen[by],
         to_dir=folder,
         scored=scored,
         selection_config=SelectionConfig(by=by, group_by="prompt_id", k=1),
         source_dataset=f"hf_localnat/data/{DEMO_POOL} (embedded demo pool)",
-        overwrite=ours,
+        overwrite=overwrite,
     )
     print(
         f"\nWrote the selected dataset ({len(chosen[by])} rows) to {folder}/ "

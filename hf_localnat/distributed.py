@@ -1,10 +1,16 @@
-"""Process-group housekeeping for multi-process CPU runs (``accelerate launch`` with gloo)."""
+"""Process-group housekeeping for multi-process runs (``accelerate launch``), and decisions made once for all."""
 
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch.distributed as dist
+
+from .errors import LocalnatError
+
+T = TypeVar("T")
 
 _registered = False
 
@@ -28,3 +34,31 @@ def destroy_process_group_at_exit() -> None:
     if not _registered:
         atexit.register(_destroy_process_group)
         _registered = True
+
+
+def main_decides(state: Any, action: Callable[[], T]) -> T:
+    """Run ``action`` on the main process only and hand its result to every process.
+
+    A :class:`LocalnatError` there is raised on every process, so a launch stops together with one message
+    instead of leaving the other processes waiting at a barrier. ``state`` is an accelerate ``PartialState``, or
+    None for a single process.
+
+    Example:
+        >>> main_decides(None, lambda: 42)
+        42
+    """
+    if state is None or state.num_processes == 1:
+        return action()
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            box = [("ok", action())]
+        except LocalnatError as err:
+            box = [("error", str(err))]
+    broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise LocalnatError(value)
+    return value

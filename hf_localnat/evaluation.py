@@ -41,6 +41,8 @@ Z_95 = 1.959963984540054
 class EvaluateArguments:
     """``hf-localnat evaluate --benchmark FILE``: greedy accuracy of a student on a math benchmark."""
 
+    MIN_VALUES = {"max_new_tokens": 1, "limit": 1, "batch_size": 1}  # checked by the CLI before anything loads
+
     student: str | None = field(
         default=None,
         metadata={
@@ -61,6 +63,7 @@ class EvaluateArguments:
         },
     )
     batch_size: int = field(default=8, metadata={"help": "Problems generated together (left-padded)."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output file."})
     problem_column: str | None = field(
         default=None,
         metadata={"help": f"Column holding the problem. Default: the first of {', '.join(PROBLEM_COLUMNS)}."},
@@ -276,17 +279,18 @@ def load_benchmark(
     return list(ds[problem]), list(answers)
 
 
-def _write_records(records: list[dict], output: Path) -> None:
-    from .data_io import FILE_FORMATS, atomic_file, write_rows
+def _write_records(records: list[dict], output: Path, overwrite: bool = False) -> None:
+    from .data_io import FILE_FORMATS, atomic_file, check_output, write_rows
 
     if output.suffix.lower() == ".jsonl":
+        check_output(output, "file", overwrite=overwrite)
         with atomic_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     elif output.suffix.lower() in FILE_FORMATS:
         from datasets import Dataset
 
-        write_rows(Dataset.from_list(records), output)
+        write_rows(Dataset.from_list(records), output, overwrite=overwrite)
     else:
         raise LocalnatError(f"--output {str(output)!r}: use a .jsonl (or .json, .parquet, .csv) file name.")
 
@@ -307,17 +311,21 @@ def run_evaluate(args: EvaluateArguments) -> dict:
     for name in ("max_new_tokens", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise LocalnatError(f"--{name} must be >= 1, got {value}.")
+            raise LocalnatError(f"--{name} {value}: use a whole number >= 1.")
     output = Path(args.output) if args.output else None
     if output is not None and output.suffix.lower() not in (".jsonl", ".json", ".parquet", ".csv"):
         raise LocalnatError(f"--output {args.output!r}: use a .jsonl (or .json, .parquet, .csv) file name.")
+    if output is not None:
+        from .outputs import check_output
+
+        check_output(output, "file", inputs=[args.benchmark], overwrite=args.overwrite)
     problems, answers = load_benchmark(args.benchmark, args.problem_column, args.answer_column, args.limit)
     model, tokenizer = load_student(args.student)
     records, metrics = evaluate_student(
         model, tokenizer, problems, answers, args.max_new_tokens, args.batch_size, instruction=args.instruction
     )
     if output is not None:
-        _write_records(records, output)
+        _write_records(records, output, args.overwrite)
     source = getattr(model, "hf_localnat_source", None)
     student = source.student if source is not None else (args.student or "embedded")
     print(

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ from . import __version__
 from .data_io import replace_dir
 from .errors import LocalnatError
 from .metrics import METRIC_COLUMNS
+from .outputs import check_output
 from .scorer import scoring_provenance
 from .selection import is_higher_better, rank_teachers
 
@@ -135,37 +137,31 @@ def selected_ids_sha256(selected: datasets.Dataset, group_by: str, teacher_colum
 
 @contextmanager
 def _staging(
-    to_dir: str | os.PathLike | None, overwrite: bool, inputs: tuple[Path, ...] = (), copied: bool = False
+    to_dir: str | os.PathLike | None,
+    overwrite: bool,
+    inputs: tuple[Path, ...] = (),
+    kind: str = "selection",
+    keep: tuple[Path, ...] = (),
 ) -> Iterator[Path]:
     """A temporary folder to build into; moved onto ``to_dir`` when the block succeeds, else removed.
 
-    ``to_dir`` may not be the working folder, an input folder, or a folder above one of them: replacing it would
-    delete what is being published. When the inputs are ``copied`` into the build, it may not lie inside one either
-    (the copy would take in its own build folder).
+    ``to_dir`` follows the output rule of :func:`hf_localnat.outputs.check_output`: an existing folder is replaced
+    only with ``overwrite``, and only when it holds what hf_localnat writes in a folder of ``kind``; it may not be
+    the working folder or above it, nor overlap an input folder. It may lie inside a ``keep`` folder (a trainer's
+    output_dir) but not be it or hold it.
     """
-    target = Path(to_dir).resolve() if to_dir is not None else None
-    if target is not None:
-        cwd = Path.cwd().resolve()
-        if target == cwd or target in cwd.parents:
-            raise LocalnatError(f"--to-dir {str(to_dir)!r} is the working folder or above it. Pick a new folder.")
-        for source in inputs:
-            source_path = source.resolve()
-            inside = copied and source_path in target.parents
-            if target == source_path or target in source_path.parents or inside:
+    target = None
+    if to_dir is not None:
+        target = Path(to_dir).resolve()
+        for folder in keep:
+            if target == folder.resolve() or target in folder.resolve().parents:
                 raise LocalnatError(
-                    f"--to-dir {str(to_dir)!r} overlaps the input {str(source)!r}. Pick a folder outside it."
+                    f"--to_dir {str(to_dir)!r} is or holds the training folder {str(folder)!r}; replacing it would "
+                    "delete the run. Pick a folder outside it."
                 )
-    if target is not None and target.exists():
-        if not target.is_dir():
-            raise LocalnatError(f"--to-dir {str(target)!r} is a file. Pick a folder path.")
-        if any(target.iterdir()) and not overwrite:
-            raise LocalnatError(
-                f"--to-dir {str(target)!r} is not empty. Pick an empty or new folder, or pass overwrite=True "
-                "(--overwrite) to replace it."
-            )
+        check_output(to_dir, kind, inputs=inputs, overwrite=overwrite, flag="--to_dir")
+        target.parent.mkdir(parents=True, exist_ok=True)
     parent = target.parent if target is not None else None
-    if parent is not None:
-        parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}." if target else "hf-localnat-", suffix=".tmp"))
     try:
         yield tmp
@@ -212,6 +208,19 @@ def _histogram(
     return path
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # what acts inside a line or a table cell
+
+
+def markdown_text(value: Any) -> str:
+    """User text (a teacher's name) made safe for a card: markdown and HTML characters escaped, on one line.
+
+    Example:
+        >>> print(markdown_text("gpt|4 <b>*x*</b>"))
+        gpt\\|4 \\<b\\>\\*x\\*\\</b\\>
+    """
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
 def _row_keys(ds: datasets.Dataset, columns: list[str]) -> list[tuple]:
     # Texts are keyed by their hash, so the pool's responses are not all held as Python strings at once.
     keyed = [[hashlib.sha1(v.encode()).hexdigest() if isinstance(v, str) else v for v in ds[c]] for c in columns]
@@ -240,6 +249,8 @@ def _command_line(source: str, scorer: dict[str, Any] | None, student: str | Non
         for column, default in (("prompt_column", "prompt"), ("response_column", "response")):
             if scorer.get(column, default) != default:
                 score += [f"--{column}", scorer[column]]
+        if scorer.get("max_response_tokens") is not None:
+            score += ["--max_response_tokens", str(scorer["max_response_tokens"])]
     score += ["--output", "scored.parquet"]
     select = ["hf-localnat", "select", "scored.parquet", *config.command_args(), "--output", "selected.parquet"]
     return f"{shlex.join(score)}\n{shlex.join(select)}"
@@ -281,7 +292,7 @@ def build_selection_folder(
         selected
     )
     shares = [
-        {"teacher": teacher, "rows": rows, "share": rows / max(len(selected), 1)}
+        {"teacher": markdown_text(teacher), "rows": rows, "share": rows / max(len(selected), 1)}
         for teacher, rows in Counter(teachers).most_common()
     ]
     metrics = [c for c in METRIC_COLUMNS.values() if scored is not None and c in scored.column_names]
@@ -290,7 +301,8 @@ def build_selection_folder(
         for metric in metrics:
             table = rank_teachers(scored, by=metric, teacher_column=teacher_column, group_by=config.group_by)
             direction = "higher is better" if is_higher_better(metric) else "lower is better"
-            rankings.append({"metric": metric, "direction": direction, "rows": table.to_dict("records")})
+            records = [{**row, "teacher": markdown_text(row["teacher"])} for row in table.to_dict("records")]
+            rankings.append({"metric": metric, "direction": direction, "rows": records})
 
     histogram = None
     if scored is not None and config.by in scored.column_names:
@@ -619,7 +631,10 @@ def student_card(
         selection_repo=selection_repo,
         selection_url=f"{constants.ENDPOINT}/datasets/{selection_repo}" if selection_repo else None,
         training_args=training_args or {},
-        history=history or [],
+        history=[
+            {**record, "teacher_shares": {markdown_text(t): v for t, v in record.get("teacher_shares", {}).items()}}
+            for record in history or []
+        ],
         reselections=sum(1 for record in history or [] if record.get("reason") != "initial"),
     )
 
@@ -670,8 +685,9 @@ def push_student(
         with tempfile.TemporaryDirectory() as scratch:
             trainer_or_folder.save_model(scratch)
         return str(to_dir) if to_dir is not None else str(repo_id)
-    inputs = (Path(trainer_or_folder),) if is_folder else (Path(trainer_or_folder.args.output_dir),)
-    with _staging(to_dir, overwrite, inputs, copied=is_folder) as folder:
+    inputs = (Path(trainer_or_folder),) if is_folder else ()
+    keep = () if is_folder else (Path(trainer_or_folder.args.output_dir),)
+    with _staging(to_dir, overwrite, inputs, kind="student", keep=keep) as folder:
         if is_folder:
             source = Path(trainer_or_folder)
             if not (source / "config.json").is_file():

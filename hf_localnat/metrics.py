@@ -8,6 +8,11 @@
 
 A step whose window already reaches back to the start of the response sees exactly the full context, so
 its log-probs are read from the full-context pass instead of being recomputed.
+
+Length guard: no request is longer than the student's context (``context``), so nothing is scored at positions
+the student was never trained on. A row whose prompt plus response does not fit (or whose response is longer
+than ``max_response_tokens``) gets ``None`` for the full-context metrics; its local windows still fit and are
+scored, and a window that does not fit leaves its step ``None``.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def validate_window(window: int | float) -> int | float:
     """
     if isinstance(window, bool) or not isinstance(window, int | float):
         raise LocalnatError(f"window={window!r} is not a number. Use an int >= 1 or a float in (0, 1).")
-    if isinstance(window, float) and window.is_integer() and window >= 1:
+    if isinstance(window, float) and window.is_integer():  # 4.0 (or 0.0) from a float field is the int 4 (or 0)
         window = int(window)
     if isinstance(window, int) and window < 1:
         raise LocalnatError(f"window={window} is invalid: a step needs at least one previous step. Use an int >= 1.")
@@ -113,6 +118,8 @@ class RowPlan:
     covered: int | None = None  # request index: the steps whose window reaches the start, in one pass
     num_covered_steps: int = 0
     windows: dict[int, int] = field(default_factory=dict)  # step -> request index
+    full_too_long: bool = False  # the full-context metrics were wanted but do not fit: they are None
+    steps_too_long: set[int] = field(default_factory=set)  # steps whose window does not fit: they are None
 
 
 def plan_row(
@@ -125,8 +132,14 @@ def plan_row(
     include_prompt: bool,
     bos: list[int],
     requests: list[ScoreRequest],
+    context: int | None = None,
+    max_response_tokens: int | None = None,
 ) -> RowPlan:
-    """Append this row's requests to ``requests`` and return its plan."""
+    """Append this row's requests to ``requests`` and return its plan.
+
+    ``context``: the longest request (prefix + context + target tokens) the student may read; None for no limit.
+    ``max_response_tokens``: longer responses get no full-context request.
+    """
     from .segmentation import assign_tokens_to_steps
 
     step_of_token = assign_tokens_to_steps(token_starts, spans)
@@ -145,22 +158,36 @@ def plan_row(
         return plan
     ids = tuple(response_ids)
     prefix = tuple(prompt)
+
+    def fits(num_tokens: int) -> bool:
+        return context is None or num_tokens <= context
+
     if "global" in metrics or "rsr" in metrics:
-        plan.full = len(requests)
-        requests.append(ScoreRequest(prefix, (), ids))
+        too_many = max_response_tokens is not None and len(ids) > max_response_tokens
+        if fits(len(prefix) + len(ids)) and not too_many:
+            plan.full = len(requests)
+            requests.append(ScoreRequest(prefix, (), ids))
+        else:
+            plan.full_too_long = True
     if "local" in metrics:
         sizes = [window_size(window, j) for j in range(len(step_tokens))]
         plan.num_covered_steps = next((j for j, w in enumerate(sizes) if w < j), len(sizes))
-        covered_end = step_tokens[plan.num_covered_steps - 1][1]
         local_prefix = prefix if include_prompt else tuple(bos)
         if include_prompt and plan.full is not None:
             plan.covered = plan.full
         else:
-            plan.covered = len(requests)
-            requests.append(ScoreRequest(local_prefix, (), ids[:covered_end]))
+            # Step j of the covered steps reads prefix + steps 0..j; the pass stops at the last step that fits.
+            fitting = [j for j in range(plan.num_covered_steps) if fits(len(local_prefix) + step_tokens[j][1])]
+            plan.steps_too_long.update(range(len(fitting), plan.num_covered_steps))
+            if fitting:
+                plan.covered = len(requests)
+                requests.append(ScoreRequest(local_prefix, (), ids[: step_tokens[fitting[-1]][1]]))
         for j in range(plan.num_covered_steps, len(step_tokens)):
             context_start = step_tokens[j - sizes[j]][0]
             start, end = step_tokens[j]
+            if not fits(len(local_prefix) + end - context_start):
+                plan.steps_too_long.add(j)
+                continue
             plan.windows[j] = len(requests)
             requests.append(ScoreRequest(local_prefix, ids[context_start:start], ids[start:end]))
     return plan
@@ -188,17 +215,21 @@ def row_metrics(
             capped = float(np.minimum(full.ranks, RSR_RANK_CAP).sum())
             values["rsr"] = capped / surprisal if surprisal > 0 else None
     if "local" in metrics:
-        per_step: list[np.ndarray] = []
+        per_step: list[np.ndarray | None] = []
         for j, (start, end) in enumerate(plan.step_tokens):
+            if j in plan.steps_too_long:
+                per_step.append(None)
+                continue
             if j < plan.num_covered_steps:
                 lp = results[plan.covered].logprobs[start:end]
             else:
                 lp = results[plan.windows[j]].logprobs
             per_step.append(lp[1:] if drop_first_token else lp)
-        step_means = [float(lp.astype(np.float64).mean()) if len(lp) else None for lp in per_step]
+        step_means = [float(lp.astype(np.float64).mean()) if lp is not None and len(lp) else None for lp in per_step]
         kept = [m for m in step_means if m is not None]
         if step_aggregate == "token_mean":
-            tokens = np.concatenate(per_step).astype(np.float64)
+            scored = [lp for lp in per_step if lp is not None]
+            tokens = np.concatenate(scored).astype(np.float64) if scored else np.zeros(0)
             values["local_naturalness"] = float(tokens.mean()) if len(tokens) else None
         else:
             values["local_naturalness"] = float(np.mean(kept)) if kept else None

@@ -47,6 +47,7 @@ from . import __version__
 from .data_io import _UMASK, FILE_FORMATS, load_rows, replace_dir
 from .errors import LocalnatError
 from .metrics import METRIC_COLUMNS
+from .outputs import check_output
 from .selection import is_higher_better, rank_teachers, select_responses
 
 REPORT_HTML = "report.html"
@@ -1134,11 +1135,14 @@ _SECTION_BUILDERS = {
 _FILE_SUFFIXES = (*FILE_FORMATS, ".html", ".htm", ".png", ".pdf", ".txt", ".md")
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def check_output_dir(
+    output_dir: str | os.PathLike, overwrite: bool = False, inputs: Sequence[str | os.PathLike | None] = ()
+) -> Path:
     """Refuse an output folder that would lose data; return it as a Path.
 
-    A missing or empty folder is fine. A non-empty one needs ``overwrite=True`` and must hold an earlier
-    report (``report.json``), so that a mistyped path never replaces unrelated files.
+    The rule of :func:`hf_localnat.outputs.check_output`: a missing or empty folder is fine; a non-empty one
+    needs ``overwrite=True`` and must hold only what a report holds, so a mistyped path never replaces
+    unrelated files.
 
     Example:
         >>> check_output_dir("new-report-folder")
@@ -1150,24 +1154,7 @@ def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> 
             f"--output {str(output)!r} looks like a file; it is the folder that gets report.html and the figures. "
             f"Pass a folder name such as {str(output.with_suffix(''))!r}."
         )
-    if not output.exists():
-        return output
-    if not output.is_dir():
-        raise LocalnatError(f"--output {str(output)!r} exists and is not a folder. Pick a new folder name.")
-    if not any(output.iterdir()):
-        return output
-    if not overwrite:
-        raise LocalnatError(
-            f"--output {str(output)!r} exists and is not empty. Pass --overwrite to replace it, or pick a new folder."
-        )
-    if Path.cwd().resolve().is_relative_to(output.resolve()):
-        raise LocalnatError(f"--output {str(output)!r} holds the current folder; refusing to replace it.")
-    if not (output / REPORT_JSON).exists():
-        raise LocalnatError(
-            f"--output {str(output)!r} is not empty and holds no earlier report ({REPORT_JSON}); refusing to replace "
-            "it even with --overwrite. Pick a new folder or empty it first."
-        )
-    return output
+    return check_output(output, "report", inputs=inputs, overwrite=overwrite)
 
 
 def _validate_rows(rows: Sequence[int] | None, n: int) -> list[int] | None:
@@ -1294,6 +1281,8 @@ def build_report(
     """
     from .scorer import scoring_provenance
 
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise LocalnatError(f"n_boot={n_boot!r}: use a whole number of bootstrap resamples >= 1 (e.g. 1000).")
     output = check_output_dir(output_dir, overwrite)
     chosen_rows = _validate_rows(rows, len(scored))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -1354,6 +1343,8 @@ def build_report(
 class ReportArguments:
     """``hf-localnat report SCORED --output DIR``: an HTML report on scored rows, with figures and a JSON."""
 
+    MIN_VALUES = {"n_boot": 1}  # checked by the CLI before anything loads
+
     scored: str = field(
         default="", metadata={"help": "Scored rows (positional): a data file, a save_to_disk folder or a Hub id."}
     )
@@ -1366,7 +1357,9 @@ class ReportArguments:
         metadata={"help": "Rows for the step profile, comma-separated indices (default: best and worst of a prompt)."},
     )
     html_steps: bool = field(default=False, metadata={"help": "Also show those responses coloured by step score."})
-    n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples for the teachers' confidence intervals."})
+    n_boot: int = field(
+        default=1000, metadata={"help": "Bootstrap resamples for the teachers' confidence intervals."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an earlier report in the output folder."})
 
@@ -1437,7 +1430,7 @@ def run_report(args: ReportArguments, scored_path: str | None = None) -> Path:
     if not args.output:
         raise LocalnatError("report needs --output DIR (a new folder for report.html, its figures and report.json).")
     rows = parse_rows(args.rows)
-    check_output_dir(args.output, args.overwrite)  # before loading: fail fast
+    check_output_dir(args.output, args.overwrite, inputs=[args.scored])  # before loading: fail fast
     ds = load_rows(source)
     _validate_columns(ds, str(source), args, rows)
     if rows is not None:

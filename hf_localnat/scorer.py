@@ -8,11 +8,12 @@ process (``num_proc``) reloads the student lazily from its source.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,10 +29,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import __version__
+from .distributed import main_decides
 from .engine import LogProbEngine, ScoreRequest
 from .errors import LocalnatError
 from .metrics import (
     METRIC_COLUMNS,
+    RSR_RANK_CAP,
     STEP_AGGREGATES,
     normalize_metrics,
     plan_row,
@@ -40,10 +43,45 @@ from .metrics import (
     start_ids,
     validate_window,
 )
+from .outputs import RunLock
 from .segmentation import get_splitter, splitter_name
-from .student import StudentSource, load_student
+from .student import StudentSource, context_length, load_student
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LengthCounts:
+    """What the length guard left out: rows without full-context metrics, and local steps left ``None``."""
+
+    rows_without_full_context: int = 0
+    steps_over_context: int = 0
+    rows_with_steps_over_context: int = 0
+
+    def add(self, plan: Any) -> None:
+        self.rows_without_full_context += int(plan.full_too_long)
+        self.steps_over_context += len(plan.steps_too_long)
+        self.rows_with_steps_over_context += int(bool(plan.steps_too_long))
+
+    def __iadd__(self, other: LengthCounts) -> LengthCounts:
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+        return self
+
+    def message(self) -> str:
+        """One line for the run's warning (empty when nothing was left out)."""
+        parts = []
+        if self.rows_without_full_context:
+            parts.append(
+                f"{self.rows_without_full_context} row(s) do not fit the student's context (or max_response_tokens) "
+                "with their prompt: their global_naturalness and rsr are None"
+            )
+        if self.steps_over_context:
+            parts.append(
+                f"{self.steps_over_context} local window(s) in {self.rows_with_steps_over_context} row(s) do not fit "
+                "the student's context: those steps are None and left out of local_naturalness"
+            )
+        return "; ".join(parts) + "." if parts else ""
 
 
 def _weight_probe(model: PreTrainedModel) -> str:
@@ -73,7 +111,13 @@ class NaturalnessScorer:
         return_steps: also add ``step_spans`` and ``step_logprobs``.
         prompt_column, response_column: where the text is.
         max_tokens_per_batch: padded tokens per forward pass.
+        max_response_tokens: responses longer than this (in student tokens) get ``None`` for the full-context
+            metrics (global, rsr). Whatever the value, nothing longer than the student's context is ever read:
+            a row whose prompt plus response does not fit gets ``None`` there too, and a local window that does
+            not fit leaves its step ``None``. ``length_counts`` counts both.
         student: a name for :func:`load_student` (used to load lazily and to identify the model).
+
+    A response that is empty or only whitespace has no step to score: its scores are ``None``.
 
     Example:
         >>> model, tokenizer = load_student()  # doctest: +SKIP
@@ -99,6 +143,7 @@ class NaturalnessScorer:
         prompt_column: str = "prompt",
         response_column: str = "response",
         max_tokens_per_batch: int = 16384,
+        max_response_tokens: int | None = None,
         student: str | None = None,
     ) -> None:
         if (model is None) != (tokenizer is None):
@@ -107,6 +152,8 @@ class NaturalnessScorer:
             raise LocalnatError(f"step_aggregate={step_aggregate!r} is unknown. Use 'step_mean' or 'token_mean'.")
         if max_tokens_per_batch < 1:
             raise LocalnatError(f"max_tokens_per_batch={max_tokens_per_batch} must be a positive number of tokens.")
+        if max_response_tokens is not None and (isinstance(max_response_tokens, bool) or max_response_tokens < 1):
+            raise LocalnatError(f"max_response_tokens={max_response_tokens} must be a positive number of tokens.")
         self.metrics = normalize_metrics(metrics)
         self.window = validate_window(window)
         self.splitter = splitter
@@ -118,6 +165,9 @@ class NaturalnessScorer:
         self.prompt_column = prompt_column
         self.response_column = response_column
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.max_response_tokens = max_response_tokens
+        self.length_counts = LengthCounts()
+        self._warned_length = self._warned_context = False
         self.model = model
         self.tokenizer = tokenizer
         self._engine: LogProbEngine | None = None
@@ -142,6 +192,7 @@ class NaturalnessScorer:
             "tokenizer": type(tokenizer).__name__,
             "vocab_size": len(tokenizer),
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()[:16],
+            "context_length": context_length(model, tokenizer),
         }
 
     @property
@@ -158,7 +209,8 @@ class NaturalnessScorer:
             "return_steps": self.return_steps,
             "prompt_column": self.prompt_column,
             "response_column": self.response_column,
-            "rsr_rank_cap": 100,
+            "max_response_tokens": self.max_response_tokens,
+            "rsr_rank_cap": RSR_RANK_CAP,
         }
 
     @property
@@ -170,7 +222,8 @@ class NaturalnessScorer:
     def __getstate__(self) -> dict[str, Any]:
         # datasets hashes the pickled scorer for its cache fingerprint, and num_proc workers unpickle it:
         # both get the configuration and the student's identity, not the weights.
-        state = {k: v for k, v in self.__dict__.items() if k not in ("model", "tokenizer", "_engine")}
+        skip = ("model", "tokenizer", "_engine", "length_counts", "_warned_length", "_warned_context")  # not settings
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
         state["hf_localnat_version"] = __version__
         # Computed now, not at construction, so a model trained in between gets a new fingerprint.
         state["model_identity"] = self._model_identity() if self.model is not None else {"student": self.source}
@@ -181,6 +234,7 @@ class NaturalnessScorer:
         state.pop("model_identity", None)
         self.__dict__.update(state)
         self.model = self.tokenizer = self._engine = None
+        self.length_counts, self._warned_length, self._warned_context = LengthCounts(), False, False
 
     def _ensure_loaded(self, rank: int | None = None) -> None:
         if self.model is not None:
@@ -219,7 +273,11 @@ class NaturalnessScorer:
         single = not isinstance(batch[self.prompt_column], list)
         prompts = [batch[self.prompt_column]] if single else batch[self.prompt_column]
         responses = [batch[self.response_column]] if single else batch[self.response_column]
+        before = dataclasses.replace(self.length_counts)
         columns = self.score(prompts, responses)
+        if self.length_counts != before and not self._warned_length:
+            self._warned_length = True  # once per scorer: a map over a long pool would repeat it per batch
+            logger.warning("%s (Not repeated; scorer.length_counts keeps counting.)", self.length_counts.message())
         return {k: v[0] for k, v in columns.items()} if single else columns
 
     def score(
@@ -238,6 +296,14 @@ class NaturalnessScorer:
         prompt_cache: dict[str, list[int]] = {}
         requests: list[ScoreRequest] = []
         plans = []
+        context = context_length(self.model, tokenizer)
+        if context is None and not self._warned_context:
+            self._warned_context = True
+            logger.warning(
+                "%s names no context length (max_position_embeddings); nothing limits how long a pass is. "
+                "Set max_response_tokens to bound the full-context metrics.",
+                type(self.model).__name__,
+            )
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             for column, value in ((self.prompt_column, prompt), (self.response_column, response)):
                 if value is not None and not isinstance(value, str):
@@ -247,7 +313,8 @@ class NaturalnessScorer:
                     )
             if prompt is None:
                 raise LocalnatError(f"row {i} of the batch, column {self.prompt_column!r}: the prompt is missing.")
-            response = response or ""
+            if response is None or not response.strip():
+                response = ""  # nothing but whitespace is no answer: no step to score, as for an empty one
             if prompt not in prompt_cache:
                 prompt_cache[prompt] = prompt_ids(tokenizer, prompt)
             encoded = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
@@ -264,8 +331,11 @@ class NaturalnessScorer:
                     self.include_prompt,
                     bos,
                     requests,
+                    context=context,
+                    max_response_tokens=self.max_response_tokens,
                 )
             )
+            self.length_counts.add(plans[-1])
         with_ranks = [False] * len(requests)
         for plan in plans:
             if plan.full is not None and "rsr" in self.metrics:
@@ -298,6 +368,18 @@ def output_features(scorer: NaturalnessScorer) -> datasets.Features:
     return datasets.Features(features)
 
 
+_CHUNK_KEY = b"hf_localnat_chunk"  # parquet metadata of a chunk: the settings it was scored with, and its rows
+
+
+def _chunk_record(path: Path) -> dict[str, Any] | None:
+    """The settings record a chunk file was written with, or None for a file that is not a whole chunk."""
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(_CHUNK_KEY)
+        return json.loads(value) if value else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
 def score_dataset(
     ds: datasets.Dataset,
     scorer: NaturalnessScorer,
@@ -314,42 +396,91 @@ def score_dataset(
     scores chunks ``r, r+n, ...`` into the shared ``work_dir``, and the main process returns the assembled
     dataset while the others return None.
 
+    ``work_dir`` is locked for the call (:class:`~hf_localnat.outputs.RunLock`): a second run on it fails at
+    once. Every chunk records the settings it was scored with (input fingerprint, rows, scorer hash); a resume
+    uses only the chunks that match, so scores made with other settings are never mixed in. One warning at the
+    end counts the rows and windows the length guard left out.
+
     Example:
         >>> scored = score_dataset(ds, scorer, work_dir="out.partial")  # doctest: +SKIP
     """
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise LocalnatError(f"chunk_rows={chunk_rows!r}: use a positive number of rows per chunk.")
     rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     if world > 1 and work_dir is None:
         raise ValueError("score_dataset needs a work_dir shared by all processes when num_processes > 1.")
-    chunks = range(0, len(ds), chunk_rows)
     work = Path(work_dir) if work_dir is not None else None
+    lock = RunLock(work) if work is not None and rank == 0 else contextlib.nullcontext()
+    with lock:
+        return _score_chunks(ds, scorer, work, chunk_rows, progress, state, rank, world)
+
+
+def _score_chunks(
+    ds: datasets.Dataset,
+    scorer: NaturalnessScorer,
+    work: Path | None,
+    chunk_rows: int,
+    progress: bool,
+    state: PartialState | None,
+    rank: int,
+    world: int,
+) -> datasets.Dataset | None:
+    chunks = range(0, len(ds), chunk_rows)
 
     def chunk_path(start: int) -> Path:
         return work / f"chunk-{start:09d}.parquet"
 
+    manifest = {
+        "input_fingerprint": ds._fingerprint,
+        "num_rows": len(ds),
+        "chunk_rows": chunk_rows,
+        "scorer": Hasher.hash(scorer),
+    }
+
+    def vet() -> str:
+        """On the main process: clear chunks of other settings, write the manifest, return its settings hash."""
+        manifest_path = work / "manifest.json"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            old = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+        except ValueError:  # cut short, or from another version
+            old = None
+        settings = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+        stale = [p for p in work.iterdir() if p.name.startswith(("chunk-", ".chunk-"))]
+        if stale and old != manifest:
+            logger.warning("%s holds a partial run of other data or settings; starting over.", work)
+        for path in stale:  # whatever the manifest says, a chunk counts only by its own record
+            if old != manifest or (_chunk_record(path) or {}).get("settings") != settings:
+                path.unlink(missing_ok=True)
+        tmp = work / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest))
+        os.replace(tmp, manifest_path)
+        return settings
+
+    # Every process uses the main process's settings, so all agree on which chunks are done.
+    settings = main_decides(state, vet) if work is not None else "in-memory"
+
+    def expected(start: int) -> dict[str, Any]:
+        return {"settings": settings, "start": start, "num_rows": min(chunk_rows, len(ds) - start)}
+
+    def record_of(start: int) -> dict[str, Any] | None:
+        path = chunk_path(start)
+        return _chunk_record(path) if path.exists() else None
+
+    def is_done(start: int) -> bool:
+        record = record_of(start)
+        return record is not None and {k: record.get(k) for k in ("settings", "start", "num_rows")} == expected(start)
+
     done: set[int] = set()
     if work is not None:
-        manifest = {
-            "input_fingerprint": ds._fingerprint,
-            "num_rows": len(ds),
-            "chunk_rows": chunk_rows,
-            "scorer": Hasher.hash(scorer),
-        }
-        manifest_path = work / "manifest.json"
-        if rank == 0:
-            if work.exists() and (not manifest_path.exists() or json.loads(manifest_path.read_text()) != manifest):
-                logger.warning("%s holds a partial run of other data or settings; starting over.", work)
-                shutil.rmtree(work)
-            work.mkdir(parents=True, exist_ok=True)
-            manifest_path.write_text(json.dumps(manifest))
-        if world > 1:
-            state.wait_for_everyone()  # nobody reads the folder before the main process has vetted it
-        done = {start for start in chunks if chunk_path(start).exists()}
+        done = {start for start in chunks if is_done(start)}
         if done and rank == 0:
             logger.warning("Resuming: %d of %d chunks already scored in %s.", len(done), len(chunks), work)
 
     features = output_features(scorer)
     mine = [start for i, start in enumerate(chunks) if i % world == rank and start not in done]
     tables: dict[int, pa.Table] = {}
+    counts: dict[int, LengthCounts] = {}
     rows_mine = sum(min(chunk_rows, len(ds) - start) for start in mine)
     # One process shows the whole job; under a launch, the main process shows its own share.
     bar = tqdm(
@@ -364,13 +495,19 @@ def score_dataset(
     with bar:
         for start in mine:
             rows = ds[start : start + chunk_rows]
+            before = dataclasses.replace(scorer.length_counts)
             columns = scorer.score(rows[scorer.prompt_column], rows[scorer.response_column])
+            chunk_counts = LengthCounts(
+                *(getattr(scorer.length_counts, f.name) - getattr(before, f.name) for f in dataclasses.fields(before))
+            )
             table = datasets.Dataset.from_dict(columns, features=features).data.table
+            record = {**expected(start), "length_counts": dataclasses.asdict(chunk_counts)}
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), _CHUNK_KEY: json.dumps(record)})
             if work is not None:
                 tmp = work / f".chunk-{start:09d}.{rank}.tmp"
                 pq.write_table(table, tmp)
                 os.replace(tmp, chunk_path(start))  # a chunk is either whole or absent
-            tables[start] = table
+            tables[start], counts[start] = table, chunk_counts
             tokens += sum(columns["num_response_tokens"])
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             bar.set_postfix_str(f"{rate:.0f} response tok/s", refresh=False)
@@ -378,10 +515,33 @@ def score_dataset(
     if rank != 0:
         return None
     # Chunks of other processes arrive as files; a crashed peer ends the whole launch, so polling is safe.
-    while work is not None and not all(start in tables or chunk_path(start).exists() for start in chunks):
+    arrived = set(tables) | done
+    while work is not None:
+        arrived |= {start for start in chunks if start not in arrived and is_done(start)}
+        waiting = [start for start in chunks if start not in arrived]
+        if not waiting:
+            break
+        foreign = [start for start in waiting if record_of(start) is not None]
+        if foreign:
+            raise LocalnatError(
+                f"{chunk_path(foreign[0])} was scored with other settings while this run was writing {work}. "
+                "Is another run writing there? Run this command again to resume."
+            )
         time.sleep(0.5)
     ordered = [tables[start] if start in tables else pq.read_table(chunk_path(start)) for start in chunks]
-    scores = pa.concat_tables(ordered) if ordered else features.arrow_schema.empty_table()
+    total = LengthCounts()
+    for start in chunks:
+        if start in counts:
+            total += counts[start]
+        else:
+            total += LengthCounts(**(_chunk_record(chunk_path(start)) or {}).get("length_counts", {}))
+    if total.message():
+        logger.warning(total.message())
+    scores = (
+        pa.concat_tables([t.replace_schema_metadata(None) for t in ordered])
+        if ordered
+        else features.arrow_schema.empty_table()
+    )
     base = ds.remove_columns([c for c in scorer.output_columns if c in ds.column_names])
     scored = datasets.concatenate_datasets([base, datasets.Dataset(scores)], axis=1)
     # Kept by save_to_disk: lets a trainer reuse these scores when its student and config are the same.

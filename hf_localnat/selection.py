@@ -100,6 +100,12 @@ _COMPARE_SYMBOLS = {
 _LITERAL_TYPES = (str, int, float, bool, type(None))
 _LONE_EQUALS = re.compile(r"(?<![=!<>])=(?!=)")
 _WHERE_HELP = 'Use comparisons of columns with literals joined by and/or/not, e.g. "correct == True".'
+_MAX_WHERE_DEPTH = 50  # of the expression tree: deeper ones exhaust the parser's or the evaluator's stack
+_MAX_WHERE_CHARS = 10_000
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_missing(value: Any) -> bool:
@@ -119,14 +125,30 @@ class _WhereExpression:
     def __init__(self, text: str):
         self.text = text
         self.columns: list[str] = []
+        too_deep = LocalnatError(
+            f"--where {_shorten(text)!r}: nested more than {_MAX_WHERE_DEPTH} levels deep. Write a flatter "
+            "condition, e.g. a and b and c."
+        )
+        if len(text) > _MAX_WHERE_CHARS:
+            raise LocalnatError(f"--where {_shorten(text)!r}: longer than {_MAX_WHERE_CHARS} characters. {_WHERE_HELP}")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SyntaxWarning)  # e.g. "x is 3"
                 tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
+            if "too many nested" in str(err.msg):
+                raise too_deep from None
             hint = "; compare with ==" if _LONE_EQUALS.search(text) else ""
-            message = f"--where {text!r}: cannot parse it ({err.msg}{hint}). {_WHERE_HELP}"
+            message = f"--where {_shorten(text)!r}: cannot parse it ({err.msg}{hint}). {_WHERE_HELP}"
             raise LocalnatError(message) from None
+        except (MemoryError, RecursionError):  # the parser gives up on very deep nesting this way
+            raise too_deep from None
+        stack = [(tree.body, 1)]  # measured without recursion, so the check itself cannot overflow
+        while stack:
+            node, depth = stack.pop()
+            if depth > _MAX_WHERE_DEPTH:
+                raise too_deep
+            stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
         self._condition = self._compile_condition(tree.body)
 
     def __call__(self, row: dict) -> bool:
@@ -363,6 +385,19 @@ def _group_codes(keys: Sequence, column: str) -> tuple[np.ndarray, list]:
     return codes, list(mapping)
 
 
+def _without_group(keys: Sequence, column: str, what: str) -> np.ndarray:
+    """Rows whose group key is missing (None/NaN): they share no prompt with anything, so they are left out."""
+    missing = np.fromiter((_is_missing(key) for key in keys), dtype=bool, count=len(keys))
+    if missing.any():
+        logger.warning(
+            "%d row(s) have no %r (None) and are left out of the %s. Fill the column to include them.",
+            int(missing.sum()),
+            column,
+            what,
+        )
+    return missing
+
+
 def _hashable(value: Any) -> bool:
     try:
         hash(value)
@@ -493,9 +528,10 @@ def select_responses(
 ) -> datasets.Dataset | tuple[datasets.Dataset, SelectionReport]:
     """Keep the best ``k`` rows of each group by the score column ``by``.
 
-    Rows are first filtered by ``where`` (see :func:`compile_where`). Rows whose score is None/NaN are never
-    selected; groups left with no valid score are logged as a warning and listed in the report. Equal scores
-    go to the earlier row. The result keeps every column and its type, plus an int64 ``selection_rank``
+    Rows are first filtered by ``where`` (see :func:`compile_where`). Rows whose group key is None/NaN are
+    left out with a warning (they answer no known prompt). Rows whose score is None/NaN are never selected;
+    groups left with no valid score are logged as a warning and listed in the report. Equal scores go to the
+    earlier row. The result keeps every column and its type, plus an int64 ``selection_rank``
     (1..k within the group; an existing ``selection_rank`` column is replaced). Groups come in order of
     first appearance in ``dataset``, then by rank.
 
@@ -522,10 +558,12 @@ def select_responses(
     higher = _check_direction(higher_is_better, by)
 
     scores = _scores(dataset, by)
-    codes, keys = _group_codes(_column(dataset, group_by), group_by)
+    group_keys = _column(dataset, group_by)
+    codes, keys = _group_codes(group_keys, group_by)
     passed = _where_mask(dataset, where)
     if passed is None:
         passed = np.ones(len(dataset), dtype=bool)
+    passed &= ~_without_group(group_keys, group_by, "selection")
     valid = passed & ~np.isnan(scores)
 
     groups_present = np.unique(codes[passed])  # sorted codes = order of first appearance
@@ -625,8 +663,9 @@ def rank_teachers(
 
     scores = _scores(dataset, by)
     teacher_codes, teachers = _group_codes(_column(dataset, teacher_column), teacher_column)
-    prompt_codes, _ = _group_codes(_column(dataset, group_by), group_by)
-    valid = ~np.isnan(scores)
+    prompt_keys = _column(dataset, group_by)
+    prompt_codes, _ = _group_codes(prompt_keys, group_by)
+    valid = ~np.isnan(scores) & ~_without_group(prompt_keys, group_by, "ranking")
     frame = pd.DataFrame({"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], "score": scores[valid]})
     means = frame.groupby(["teacher", "prompt"], sort=True)["score"].mean()  # teacher-prompt means
 

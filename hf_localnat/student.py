@@ -157,3 +157,30 @@ def load_student(
     model.eval()
     model.hf_localnat_source = source
     return model, tokenizer
+
+
+_CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None) -> int | None:
+    """The most positions the student was built for (``max_position_embeddings`` and its aliases), or None.
+
+    Scoring never feeds a sequence longer than this: positions past it would be silent RoPE extrapolation.
+    A config naming none falls back to the tokenizer's ``model_max_length`` when that is a real number.
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> tiny = LlamaConfig(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=1,
+        ...                    vocab_size=16, max_position_embeddings=512)
+        >>> context_length(LlamaForCausalLM(tiny))
+        512
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in _CONTEXT_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:  # transformers puts 1e30 there for "unknown"
+        return limit
+    return None

@@ -58,8 +58,12 @@ class ReselectConfig(SFTConfig):
         1
     """
 
+    # Checked by the CLI before anything loads.
+    MIN_VALUES = {"reselect_every_steps": 1, "k": 1, "scoring_max_tokens_per_batch": 1}
+
     reselect_every_steps: int | None = field(
-        default=None, metadata={"help": "Re-score the pool and reselect every N optimizer steps (None: never)."}
+        default=None,
+        metadata={"help": "Re-score the pool and reselect every N optimizer steps (None: never)."},
     )
     reselect_every: str = field(
         default="steps", metadata={"help": "'steps' (use reselect_every_steps) or 'epoch' (reselect each epoch)."}
@@ -104,6 +108,12 @@ class ReselectConfig(SFTConfig):
             self.use_cpu = True
         super().__post_init__()
         self.window = validate_window(self.window)  # 4.0 from the CLI becomes 4
+        if self.reselect_every not in ("steps", "epoch"):
+            raise LocalnatError(f"reselect_every={self.reselect_every!r}: use 'steps' or 'epoch'.")
+        if not 0 < self.reselect_fraction <= 1:
+            raise LocalnatError(f"reselect_fraction={self.reselect_fraction}: use a number in (0, 1].")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise LocalnatError(f"k={self.k!r}: the number of responses selected per prompt must be an int >= 1.")
         self.remove_unused_columns = False
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 

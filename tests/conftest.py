@@ -114,7 +114,7 @@ def build_tokenizer(chat_template: str | None = CHAT_TEMPLATE, vocab_size: int =
 
 def build_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -124,8 +124,8 @@ def build_model(vocab_size: int, seed: int = 0, **overrides) -> LlamaForCausalLM
         max_position_embeddings=4096,
         bos_token_id=0,
         eos_token_id=1,
-        **overrides,
     )
+    config = LlamaConfig(**{**settings, **overrides})
     model = LlamaForCausalLM(config).eval()
     # Random init gives near-uniform predictions; sharpen them so scores differ clearly between texts.
     with torch.no_grad():

@@ -145,8 +145,9 @@ def test_messages_to_long_teacher_column_and_errors(tmp_path, capsys):
     assert messages_to_long.main([str(data), str(out), "--teacher-column", "model"]) == 0
     assert read_jsonl(out) == [{"prompt_id": prompt_hash(Q1), "prompt": Q1, "teacher": "m1", "response": "4"}]
     line = error_line(capsys, lambda: messages_to_long.main([str(data), str(out), "--teacher-column", "model"]))
-    assert "exists; pass --overwrite" in line
-    line = error_line(capsys, lambda: messages_to_long.main([str(data), str(out), "--teacher-column", "who"]))
+    assert "exists. Pass --overwrite" in line
+    argv = [str(data), str(out), "--teacher-column", "who", "--overwrite"]
+    line = error_line(capsys, lambda: messages_to_long.main(argv))
     assert "column 'who' not found" in line
 
 

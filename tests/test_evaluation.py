@@ -66,7 +66,7 @@ def test_run_evaluate_plumbing_on_the_tiny_student(tiny_student_dir, tiny_benchm
         ([{"problem": "x", "answer": "1"}], {"answer_column": "gold"}, "column 'gold' not found"),
         ([{"problem": "x", "answer": None}, {"problem": "y", "answer": None}], {}, "no reference answer"),
         (None, {}, "not found. Check the path"),
-        ([{"problem": "x", "answer": "1"}], {"max_new_tokens": 0}, "--max_new_tokens must be >= 1"),
+        ([{"problem": "x", "answer": "1"}], {"max_new_tokens": 0}, "--max_new_tokens 0: use a whole number >= 1"),
         ([{"problem": "x", "answer": "1"}], {"output": "records.txt"}, "use a .jsonl"),
     ],
 )

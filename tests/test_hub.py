@@ -108,13 +108,21 @@ def test_to_dir_refuses_a_non_empty_folder_and_leaves_nothing_behind(tmp_path: P
     out = tmp_path / "sel"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(LocalnatError, match="not empty"):
+    with pytest.raises(LocalnatError, match="exists. Pass --overwrite"):
         push_selection(selected, to_dir=out)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # Even with overwrite, a folder holding files hf_localnat does not write is never replaced.
+    with pytest.raises(LocalnatError, match="holds keep.txt, which hf-localnat does not write"):
+        push_selection(selected, to_dir=out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sel"]  # no temporary folder left
 
-    push_selection(selected, to_dir=out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "README.md").exists()
+    (out / "keep.txt").unlink()
+    push_selection(selected, to_dir=out)  # an empty folder is as good as none
+    first = (out / "README.md").read_text()
+    with pytest.raises(LocalnatError, match="exists. Pass --overwrite"):
+        push_selection(selected, to_dir=out)
+    push_selection(selected, to_dir=out, overwrite=True)  # an earlier selection of ours is replaced
+    assert (out / "README.md").read_text() == first
     with pytest.raises(LocalnatError, match="exactly one"):
         push_selection(selected)
 
@@ -215,11 +223,11 @@ def test_push_student_from_a_trainer_and_from_its_saved_folder(trained, tmp_path
 def test_to_dir_never_replaces_its_own_input(trained, tmp_path: Path) -> None:
     saved = tmp_path / "saved"
     trained.save_model(str(saved))
-    for bad in (saved, saved / "published", tmp_path):
-        with pytest.raises(LocalnatError, match="overlaps the input"):
+    for bad, why in ((saved, "is the input"), (saved / "published", "inside the input"), (tmp_path, "holds the input")):
+        with pytest.raises(LocalnatError, match=why):
             push_student(saved, to_dir=bad, overwrite=True)
     assert (saved / "config.json").is_file() and not (saved / "published").exists()
-    with pytest.raises(LocalnatError, match="overlaps the input"):  # a trainer's output_dir holds its checkpoints
+    with pytest.raises(LocalnatError, match="training folder"):  # a trainer's output_dir holds its checkpoints
         push_student(trained, to_dir=trained.args.output_dir, overwrite=True)
 
 

@@ -409,16 +409,16 @@ def test_output_folder_rules(pool, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")
-    with pytest.raises(LocalnatError, match="not empty.*--overwrite"):
+    with pytest.raises(LocalnatError, match="exists. Pass --overwrite"):
         build_report(small, busy, n_boot=N_BOOT, progress=False)
-    with pytest.raises(LocalnatError, match="no earlier report"):
+    with pytest.raises(LocalnatError, match="holds notes.txt, which hf-localnat does not write in a report folder"):
         build_report(small, busy, n_boot=N_BOOT, progress=False, overwrite=True)
     assert (busy / "notes.txt").read_text() == "keep me"
 
     out = tmp_path / "out"
     out.mkdir()  # an empty folder is fine
     build_report(small, out, n_boot=N_BOOT, progress=False)
-    with pytest.raises(LocalnatError, match="not empty"):
+    with pytest.raises(LocalnatError, match="exists. Pass --overwrite"):
         build_report(small, out, n_boot=N_BOOT, progress=False)
     build_report(small, out, n_boot=N_BOOT, progress=False, overwrite=True)  # replaces an earlier report
     assert (out / REPORT_HTML).exists()

@@ -48,7 +48,11 @@ def reference_scores(
     drop_first_token=False,
     step_aggregate="step_mean",
     splitter="sentence",
+    max_context=None,
+    max_response_tokens=None,
 ):
+    """The scores by their definition. ``max_context``: a forward pass longer than this is not made, and what it
+    would have scored is None (the full-context metrics, or that step); ``max_response_tokens`` likewise."""
     prompt_ids = reference_prompt_ids(tokenizer, prompt)
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
@@ -60,23 +64,33 @@ def reference_scores(
         steps.setdefault(owner, []).append(t)
     step_list = [steps[k] for k in sorted(steps)]
 
-    lp_all, ranks = full_logprobs(model, prompt_ids, ids)
-    out = {
-        "global_naturalness": lp_all.mean(),
-        "rsr": np.minimum(ranks, 100).sum() / (-lp_all).sum(),
-    }
+    def fits(length: int) -> bool:
+        return max_context is None or length <= max_context
+
+    out = {"global_naturalness": None, "rsr": None}
+    if fits(len(prompt_ids) + len(ids)) and (max_response_tokens is None or len(ids) <= max_response_tokens):
+        lp_all, ranks = full_logprobs(model, prompt_ids, ids)
+        out = {
+            "global_naturalness": lp_all.mean(),
+            "rsr": np.minimum(ranks, 100).sum() / (-lp_all).sum(),
+        }
     base = prompt_ids if include_prompt else [tokenizer.bos_token_id]
     step_means, tokens = [], []
+    out["steps_over_context"] = 0
     for j, step in enumerate(step_list):
         w = min(j, window if isinstance(window, int) else math.ceil(window * j))
         context = base + [ids[t] for s in step_list[j - w : j] for t in s]
+        if not fits(len(context) + len(step)):
+            out["steps_over_context"] += 1
+            continue
         lp, _ = full_logprobs(model, context, [ids[t] for t in step])
         if drop_first_token:
             lp = lp[1:]
         tokens.extend(lp)
         if len(lp):
             step_means.append(lp.mean())
-    out["local_naturalness"] = np.mean(step_means) if step_aggregate == "step_mean" else np.mean(tokens)
+    mean = np.mean(step_means) if step_aggregate == "step_mean" else np.mean(tokens) if tokens else None
+    out["local_naturalness"] = mean if tokens else None
     out["num_steps"] = len(step_list)
     out["step_means"] = step_means
     return out
@@ -100,14 +114,17 @@ RESPONSES = [
 ]
 
 
-def _check(scorer_kwargs, model, tokenizer, prompts, responses):
+def _check(scorer_kwargs, model, tokenizer, prompts, responses, max_context=None):
     scorer = NaturalnessScorer(model, tokenizer, metrics=("global", "local", "rsr"), return_steps=True, **scorer_kwargs)
     got = scorer({"prompt": list(prompts), "response": list(responses)})
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-        ref = reference_scores(model, tokenizer, prompt, response, **scorer_kwargs)
+        ref = reference_scores(model, tokenizer, prompt, response, max_context=max_context, **scorer_kwargs)
         assert got["num_steps"][i] == ref["num_steps"]
         for column in ("global_naturalness", "local_naturalness", "rsr"):
-            assert got[column][i] == pytest.approx(ref[column], abs=TOL), (column, i, scorer_kwargs)
+            if ref[column] is None:
+                assert got[column][i] is None, (column, i, scorer_kwargs)
+            else:
+                assert got[column][i] == pytest.approx(ref[column], abs=TOL), (column, i, scorer_kwargs)
         step_means = [m for m in got["step_logprobs"][i] if m is not None]
         np.testing.assert_allclose(step_means, ref["step_means"], atol=TOL)
 
@@ -151,3 +168,90 @@ def test_empty_response_gives_none_and_a_warning(tiny_model, tiny_tokenizer, cap
     assert got["local_naturalness"] == [None, None]
     assert got["num_response_tokens"] == [0, 0]
     assert "no scorable response token" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The length guard: nothing longer than the student's context is read
+# ---------------------------------------------------------------------------------------------------------
+
+LONG_RESPONSE = (
+    "We start. " + "Then we add one more to the running total and keep going " * 4 + "until it ends. "
+    + "Next step. Another step. The answer is 7."
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(window=2),
+        dict(window=0.5),
+        dict(window=1, include_prompt=False),
+        dict(window=3, step_aggregate="token_mean"),
+    ],
+    ids=str,
+)
+def test_rows_longer_than_the_context_match_the_reference(kwargs, caplog):
+    """A 96-position student: the long row loses its full-context metrics and its too-long windows, and nothing else."""
+    tokenizer = build_tokenizer()
+    model = build_model(len(tokenizer), seed=5, max_position_embeddings=96)
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    responses = [RESPONSES[0][:40], RESPONSES[1], LONG_RESPONSE]
+    pairs = zip(prompts, responses, strict=True)
+    lengths = [len(reference_prompt_ids(tokenizer, p)) + len(tokenizer(r, add_special_tokens=False)["input_ids"])
+               for p, r in pairs]  # fmt: skip
+    assert lengths[0] <= 96 < min(lengths[1:])  # the case this test is about
+    _check(kwargs, model, tokenizer, prompts, responses, max_context=96)
+    ref = reference_scores(model, tokenizer, prompts[2], responses[2], max_context=96, **kwargs)
+    assert ref["steps_over_context"] > 0 and ref["local_naturalness"] is not None  # both paths are exercised
+
+    caplog.clear()
+    scorer = NaturalnessScorer(model, tokenizer, metrics="global,local,rsr", **kwargs)
+    for _ in range(2):  # like two batches of a map
+        scorer({"prompt": prompts, "response": responses})
+    assert scorer.length_counts.rows_without_full_context == 4
+    assert scorer.length_counts.steps_over_context >= 2 * ref["steps_over_context"]
+    warnings = [r for r in caplog.records if "do not fit the student's context" in r.getMessage()]
+    assert len(warnings) == 1  # once per scorer, not once per batch
+
+
+def test_max_response_tokens_drops_only_the_full_context_metrics(tiny_model, tiny_tokenizer):
+    limited = NaturalnessScorer(tiny_model, tiny_tokenizer, metrics="global,local,rsr", max_response_tokens=20)
+    plain = NaturalnessScorer(tiny_model, tiny_tokenizer, metrics="global,local,rsr")
+    got, want = (s.score(PROMPTS, RESPONSES) for s in (limited, plain))
+    assert all(n > 20 for n in got["num_response_tokens"])
+    assert got["global_naturalness"] == [None, None] and got["rsr"] == [None, None]
+    assert got["local_naturalness"] == pytest.approx(want["local_naturalness"], abs=TOL)
+    ref = reference_scores(tiny_model, tiny_tokenizer, PROMPTS[1], RESPONSES[1], window=4, max_response_tokens=20)
+    assert ref["global_naturalness"] is None and got["local_naturalness"][1] == pytest.approx(ref["local_naturalness"])
+
+
+def test_engine_never_reads_past_the_context(monkeypatch):
+    """Every request the engine gets fits: a 12k-token response, one 3k-token sentence, a 512-position student."""
+    from hf_localnat.engine import LogProbEngine
+
+    tokenizer = build_tokenizer()
+    model = build_model(len(tokenizer), max_position_embeddings=512)
+    longest = []
+    real_score = LogProbEngine.score
+
+    def spy(engine, requests, **kwargs):
+        longest.append(max(len(r.prefix) + len(r.context) + len(r.target) for r in requests))
+        return real_score(engine, requests, **kwargs)
+
+    monkeypatch.setattr(LogProbEngine, "score", spy)
+    response = "Add two. " * 1500 + "and " * 3000 + ". The answer is 4."
+    scorer = NaturalnessScorer(model, tokenizer, metrics="global,local,rsr", window=0.25, return_steps=True)
+    got = scorer.score(["What is 2 + 2?"], [response])
+    assert got["num_response_tokens"][0] > 10_000
+    assert max(longest) <= 512
+    assert got["global_naturalness"] == [None] and got["local_naturalness"][0] is not None
+    assert None in got["step_logprobs"][0]  # the 3k-token sentence, and the fraction windows past 512 tokens
+
+
+def test_whitespace_only_response_counts_as_empty(tiny_model, tiny_tokenizer, caplog):
+    scorer = NaturalnessScorer(tiny_model, tiny_tokenizer, metrics="global,local,rsr", return_steps=True)
+    got = scorer({"prompt": ["q", "q", "q"], "response": ["", " \n\t ", "x"]})
+    for column in ("global_naturalness", "local_naturalness", "rsr", "num_response_tokens", "num_steps"):
+        assert got[column][1] == got[column][0], column
+    assert got["num_response_tokens"][1] == 0 and got["local_naturalness"][1] is None
+    assert got["step_spans"][1] == []

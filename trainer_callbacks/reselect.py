@@ -121,6 +121,8 @@ class ReselectCallback(TrainerCallback):
             raise LocalnatError(f"reselect_every={every!r}: use 'steps' or 'epoch'.")
         if not 0 < fraction <= 1:
             raise LocalnatError(f"reselect_fraction={fraction}: use a number in (0, 1].")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise LocalnatError(f"k={k!r}: the number of responses selected per prompt must be an int >= 1.")
         for column in (group_by, prompt_column, response_column):
             if column not in pool.column_names:
                 raise LocalnatError(
@@ -147,9 +149,16 @@ class ReselectCallback(TrainerCallback):
         groups = pool[group_by]
         responses = pool[response_column]
         self.rows_by_group: dict[Any, list[int]] = {}
+        ungrouped = 0
         for row, (group, response) in enumerate(zip(groups, responses, strict=True)):
-            if response:  # an empty response can never be selected
+            if group is None:  # no prompt to compete for: it cannot be selected against the others
+                ungrouped += 1
+            elif response and response.strip():  # an empty (or whitespace) response can never be selected
                 self.rows_by_group.setdefault(group, []).append(row)
+        if ungrouped:
+            logger.warning("%d pool row(s) have no %r and are left out of the selection.", ungrouped, group_by)
+        if not self.rows_by_group:
+            raise LocalnatError(f"candidate pool: no row has both a {group_by!r} and a non-empty response.")
         slots = [[group, rank] for group in self.rows_by_group for rank in range(k)]
         # Until the first round (at on_train_begin) a slot serves its group's first candidates, so the
         # trainer can peek at an example while it is built.
