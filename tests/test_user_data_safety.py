@@ -427,7 +427,9 @@ model = build_model(len(tokenizer), hidden_size=256, intermediate_size=2048, num
 scorer = NaturalnessScorer(model, tokenizer, metrics="global,local,rsr", window=4, max_tokens_per_batch=4096)
 scorer.score(["warm up"], ["One step. Two steps."])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-response = "We add the next number to the total. " * int(sys.argv[2])
+sentence = "We add the next number to the total. "
+per_sentence = len(tokenizer(sentence * 100, add_special_tokens=False)["input_ids"]) / 100
+response = sentence * int(int(sys.argv[2]) / per_sentence + 1)  # the tokenizer is trained here: count, not guess
 got = scorer.score(["Sum the numbers."], [response])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"tokens": got["num_response_tokens"][0], "grew_mib": (after - before) / 1024,
@@ -437,7 +439,7 @@ print(json.dumps({"tokens": got["num_response_tokens"][0], "grew_mib": (after - 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads ru_maxrss in KiB, as Linux reports it")
 def test_a_100k_token_response_is_scored_in_bounded_memory(tmp_path, cli_env):
-    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(REPO / "tests"), "5500"], env=cli_env,
+    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(REPO / "tests"), "110000"], env=cli_env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
