@@ -124,8 +124,8 @@ def selected_ids_sha256(selected: datasets.Dataset, group_by: str, teacher_colum
 
     Example:
         >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1"], "teacher": ["a"]})
-        >>> selected_ids_sha256(ds, "prompt_id")[:12]
-        '5d1e7ffa4b0b'
+        >>> selected_ids_sha256(ds, "prompt_id") == hashlib.sha256(b"p1\\ta\\n").hexdigest()
+        True
     """
     teachers = selected[teacher_column] if teacher_column in selected.column_names else [""] * len(selected)
     lines = "".join(f"{group}\t{teacher}\n" for group, teacher in zip(selected[group_by], teachers, strict=True))

@@ -66,7 +66,9 @@ class NaturalnessLoggingCallback(TrainerCallback):
     Call ``attach(trainer)`` (done by ``ReselectingSFTTrainer``) so values go through ``trainer.log``.
 
     Example:
-        >>> cb = NaturalnessLoggingCallback(probe["prompt"], probe["response"], probe["teacher"], every_steps=20)
+        >>> cb = NaturalnessLoggingCallback(["2+2?", "2+2?"], ["4.", "It is 4."], ["a", "b"], every_steps=20)
+        >>> cb.every_steps
+        20
         >>> trainer.add_callback(cb.attach(trainer))  # doctest: +SKIP
     """
 
