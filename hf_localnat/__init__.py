@@ -7,7 +7,12 @@ Example:
     >>> best = select_responses(scored, by="local_naturalness", group_by="prompt_id")  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("hf_localnat")  # stated once, in pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 from .errors import LocalnatError  # noqa: E402
 from .scorer import NaturalnessScorer  # noqa: E402

@@ -194,6 +194,35 @@ def atomic_file(path: str | os.PathLike, tmp_dir: str | os.PathLike | None = Non
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_dir(
+    path: str | os.PathLike, tmp_dir: str | os.PathLike | None = None, keep_existing: bool = False
+) -> Iterator[Path]:
+    """Yield an empty temporary folder to build ``path`` in; it replaces ``path`` only if the block succeeds.
+
+    The folder is a hidden sibling (or lies in ``tmp_dir``, on the same file system); one left by a killed process
+    is swept by the next build of ``path``. With ``keep_existing``, a ``path`` that appeared in the meantime (another
+    process built it too) is kept and this build is dropped. Callers check first that ``path`` may be replaced
+    (:func:`hf_localnat.outputs.check_output`).
+
+    Example:
+        >>> with atomic_dir("report") as tmp:  # doctest: +SKIP
+        ...     (tmp / "report.html").write_text(page)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".tmp", ".old"):
+        remove_stale_temporaries(path, suffix)
+    tmp = Path(tmp_dir if tmp_dir is not None else path.parent) / temporary_name(path)
+    tmp.mkdir(mode=0o777 & ~_UMASK)
+    try:
+        yield tmp
+        if not (keep_existing and path.exists()):
+            replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # datasets keeps only the features in a parquet file's metadata; the description carries the scoring
 # provenance (see scorer.scoring_provenance), so it rides along under its own key.
 _DESCRIPTION_KEY = b"hf_localnat_description"
@@ -267,18 +296,10 @@ def write_rows(
             if on_written is not None:
                 on_written(tmp)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    remove_stale_temporaries(path, ".old")
-    tmp = Path(tmp_dir if tmp_dir is not None else path.parent) / temporary_name(path)
-    tmp.mkdir(mode=0o777 & ~_UMASK)
-    try:
+    with atomic_dir(path, tmp_dir) as tmp:
         ds.save_to_disk(str(tmp))
         if on_written is not None:
             on_written(tmp)
-        replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

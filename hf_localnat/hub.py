@@ -32,7 +32,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, Mode
 from huggingface_hub.errors import HfHubHTTPError
 
 from . import __version__
-from .data_io import replace_dir
+from .data_io import atomic_dir
 from .errors import LocalnatError
 from .metrics import METRIC_COLUMNS
 from .outputs import check_output
@@ -160,16 +160,12 @@ def _staging(
                     "delete the run. Pick a folder outside it."
                 )
         check_output(to_dir, kind, inputs=inputs, overwrite=overwrite, flag="--to_dir")
-        target.parent.mkdir(parents=True, exist_ok=True)
-    parent = target.parent if target is not None else None
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}." if target else "hf-localnat-", suffix=".tmp"))
-    try:
-        yield tmp
-        if target is not None:
-            tmp.chmod(0o755)
-            replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if target is None:  # an upload: built in a scratch folder that is removed afterwards
+        with tempfile.TemporaryDirectory(prefix="hf-localnat-") as tmp:
+            yield Path(tmp)
+    else:
+        with atomic_dir(target) as tmp:
+            yield tmp
 
 
 def _write_parquet_shards(ds: datasets.Dataset, folder: Path, split: str = "train") -> list[str]:

@@ -24,8 +24,6 @@ import html
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -44,7 +42,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data_io import _UMASK, FILE_FORMATS, load_rows, replace_dir
+from .data_io import FILE_FORMATS, atomic_dir, load_rows
 from .errors import LocalnatError
 from .metrics import METRIC_COLUMNS
 from .outputs import check_output
@@ -1285,10 +1283,7 @@ def build_report(
         raise LocalnatError(f"n_boot={n_boot!r}: use a whole number of bootstrap resamples >= 1 (e.g. 1000).")
     output = check_output_dir(output_dir, overwrite)
     chosen_rows = _validate_rows(rows, len(scored))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
-    try:
+    with atomic_dir(output) as tmp:
         ctx = _Context(scored, tmp, group_by, teacher_column, response_column, chosen_rows, html_steps, n_boot, seed)
         sections: list[_Section] = []
         bar = tqdm(SECTIONS, desc="Report", unit="section", disable=not progress)
@@ -1328,9 +1323,6 @@ def build_report(
             + "\n</body></html>\n"
         )
         (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
-        replace_dir(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output / REPORT_HTML
 
 

@@ -12,8 +12,6 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,16 +77,12 @@ def _load_embedded(dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedToken
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-        try:
+        from .data_io import atomic_dir
+
+        # Atomic: a killed conversion never leaves a half-written cache; a process that converted it meanwhile wins.
+        with atomic_dir(folder, keep_existing=True) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            os.replace(tmp, folder)  # atomic: a killed conversion never leaves a half-written cache
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (folder / "config.json").is_file():
-                raise
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
