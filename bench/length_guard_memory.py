@@ -57,14 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=110_000, help="Length of the response, in student tokens.")
     parser.add_argument("--compare", action="store_true", help="Also run without the guard (slow, gigabytes).")
-    parser.add_argument("--no-guard", action="store_true", help=argparse.SUPPRESS)  # one case, in a child process
+    # one case, in a child process
+    parser.add_argument("--no_guard", "--no-guard", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.tokens, guard=not args.no_guard)))
         return 0
     for guard in [True, False] if args.compare else [True]:
-        flags = ["--child", "--tokens", str(args.tokens), *([] if guard else ["--no-guard"])]
+        flags = ["--child", "--tokens", str(args.tokens), *([] if guard else ["--no_guard"])]
         command = [sys.executable, __file__, *flags]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         print(done.stdout.strip().splitlines()[-1])

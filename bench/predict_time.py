@@ -4,21 +4,21 @@ Two predictions, both printed as JSON:
 
 - **sample** (default): time the real `hf-localnat score` command on a length-stratified sample of the pool's
   rows, with the same flags, and scale the per-token part to the pool's token count. The rows are sorted by
-  response length, cut into ``--sample-rows`` equal strata, and one row is drawn from each (``--seed``), so the
+  response length, cut into ``--sample_rows`` equal strata, and one row is drawn from each (``--seed``), so the
   sample has the pool's length distribution: longer responses cost more per token, so a sample of short rows
   predicts too little. A one-row run first measures the fixed cost (start-up, model load, writing).
   The sample is timed as ``--runs`` separate runs, each holding one row of every block of ``--runs`` neighbouring
   strata, so the runs are exchangeable draws of the pool's length mix. Their spread gives the sampling error of
   the seconds per token (ratio estimator, Student t), and ``predicted_upper_s`` is the one-sided 97.5% upper
   bound: the time a run should finish within unless the machine itself slows down.
-- **throughput** (with ``--global-tps`` and ``--local-tps``): the pool's response tokens divided by the engine
+- **throughput** (with ``--global_tps`` and ``--local_tps``): the pool's response tokens divided by the engine
   rates `bench/score_bench.py` printed. Quick, but only as representative as the bench's rows.
 
     .venv/bin/python bench/predict_time.py POOL.jsonl --metrics global,local,rsr --return_steps
-    .venv/bin/python bench/predict_time.py POOL.jsonl --metrics global,local,rsr --global-tps 484 --local-tps 191
+    .venv/bin/python bench/predict_time.py POOL.jsonl --metrics global,local,rsr --global_tps 484 --local_tps 191
 
 Flags this script does not know (``--metrics``, ``--window``, ``--splitter``, ...) go to `hf-localnat score`
-unchanged. With --measured-seconds (for instance the wall time from `/usr/bin/time -v`), it also prints
+unchanged. With --measured_seconds (for instance the wall time from `/usr/bin/time -v`), it also prints
 measured / predicted.
 """
 
@@ -110,13 +110,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pool", help="A long-format pool (.jsonl, .json, .parquet, .csv).")
     parser.add_argument("--student", default=None, help="Student (default: embedded); also passed to score.")
     parser.add_argument("--metrics", default="global,local", help="Metrics the scoring run computes.")
-    parser.add_argument("--response-column", default="response")
-    parser.add_argument("--sample-rows", type=int, default=96, help="Rows in the timed sample (0: no sample run).")
+    parser.add_argument("--response_column", "--response-column", default="response")
+    parser.add_argument(
+        "--sample_rows", "--sample-rows", type=int, default=96, help="Rows in the timed sample (0: no sample run)."
+    )
     parser.add_argument("--runs", type=int, default=8, help="Separate timed runs the sample is dealt into.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the draw within each length stratum.")
-    parser.add_argument("--global-tps", type=float, default=None, help="Engine global tokens/s from score_bench.")
-    parser.add_argument("--local-tps", type=float, default=None, help="Engine local tokens/s from score_bench.")
-    parser.add_argument("--measured-seconds", type=float, default=None, help="Compare with a measured run.")
+    parser.add_argument(
+        "--global_tps", "--global-tps", type=float, default=None, help="Engine global tokens/s from score_bench."
+    )
+    parser.add_argument(
+        "--local_tps", "--local-tps", type=float, default=None, help="Engine local tokens/s from score_bench."
+    )
+    parser.add_argument(
+        "--measured_seconds", "--measured-seconds", type=float, default=None, help="Compare with a measured run."
+    )
     args, score_flags = parser.parse_known_args(argv)
 
     from hf_localnat.data_io import load_rows

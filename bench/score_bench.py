@@ -6,7 +6,7 @@ CPU (default): the embedded SmolLM2 on 50 real MATH-L5 rows from ../shared/data 
 
 GPU: random-initialised real architectures built from their configs (no download), synthetic responses:
 
-    python bench/score_bench.py --arch qwen2.5-1.5b --synthetic 8x10x64 --prompt-tokens 256 --window 4
+    python bench/score_bench.py --arch qwen2.5-1.5b --synthetic 8x10x64 --prompt_tokens 256 --window 4
 
 It prints scored response tokens/s for global and local scoring, for the naive loop (one forward per row or
 per window, batch 1, full logits) and for the engine (NaturalnessScorer), their ratios, the forward-pass floor
@@ -265,13 +265,19 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", choices=sorted(ARCHS), help="Random-initialised architecture instead of a student.")
     parser.add_argument("--rows", type=int, default=50, help="Real rows to score (CPU mode).")
     parser.add_argument("--synthetic", help="NxSxT: N responses of S steps of T tokens (instead of real rows).")
-    parser.add_argument("--prompt-tokens", type=int, default=256, help="Prompt length for --synthetic.")
+    parser.add_argument(
+        "--prompt_tokens", "--prompt-tokens", type=int, default=256, help="Prompt length for --synthetic."
+    )
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
-    parser.add_argument("--max-tokens-per-batch", type=int, default=16384)
-    parser.add_argument("--skip-naive", action="store_true", help="Engine and floor only (large models).")
-    parser.add_argument("--check-dtype", help="Also compare the engine in this dtype (e.g. bfloat16) with float32.")
+    parser.add_argument("--max_tokens_per_batch", "--max-tokens-per-batch", type=int, default=16384)
+    parser.add_argument(
+        "--skip_naive", "--skip-naive", action="store_true", help="Engine and floor only (large models)."
+    )
+    parser.add_argument(
+        "--check_dtype", "--check-dtype", help="Also compare the engine in this dtype (e.g. bfloat16) with float32."
+    )
     parser.add_argument("--json", help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
 

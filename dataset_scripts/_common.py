@@ -124,9 +124,9 @@ def teacher_from_path(path: str | os.PathLike) -> str:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every conversion script shares: --reference-column and --overwrite."""
+    """The options every conversion script shares: --reference_column and --overwrite."""
     parser.add_argument(
-        "--reference-column",
+        "--reference_column", "--reference-column",
         default=None,
         help="Column holding the reference answer (a number, a bare answer, a '#### N' or \\boxed{} solution): "
         "adds model_answer (the answer read from the response) and correct (True/False, or empty when no answer "
@@ -138,9 +138,9 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     """Exactly one way to name the teacher: a column, the input file names, or one name for all rows."""
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--teacher-column", help="Column naming the teacher of each row.")
+    group.add_argument("--teacher_column", "--teacher-column", help="Column naming the teacher of each row.")
     group.add_argument(
-        "--teacher-from-filename",
+        "--teacher_from_filename", "--teacher-from-filename",
         action="store_true",
         help="Name the teacher after each input file (runs/gpt-4o.jsonl -> gpt-4o).",
     )
@@ -224,7 +224,7 @@ def note_replaced(
     if replaced:
         print(
             f"note: {source}: input column(s) {', '.join(replaced)} replaced by the long format's own "
-            "(pass them as --id-column/--prompt-column/... to use them instead).",
+            "(pass them as --id_column/--prompt_column/... to use them instead).",
             file=sys.stderr,
         )
 
@@ -258,7 +258,7 @@ def long_row(
         name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
     prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
     if prompt_id is None:
-        fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to hash the prompt.")
+        fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id_column to hash the prompt.")
     out = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
     out.update(extra_columns(row, used))
     if system is not None:

@@ -2,16 +2,16 @@
 
 Each ``--input NAME=PATH`` holds one teacher's responses (a prompt column and a response column). Rows are matched
 across teachers on the normalized prompt text (NFKC, whitespace collapsed, stripped, casefolded), or on
-``--id-column``. The output has ``prompt_id, prompt, teacher, response`` and each input's other columns; the prompt
+``--id_column``. The output has ``prompt_id, prompt, teacher, response`` and each input's other columns; the prompt
 text is the first input's. An input's own ``teacher`` or ``prompt_id`` column is replaced.
 
-Prompts some teachers did not answer are listed; they are kept, unless ``--require-all`` keeps only the prompts
+Prompts some teachers did not answer are listed; they are kept, unless ``--require_all`` keeps only the prompts
 every teacher answered (a fair comparison of teachers). Several rows of one teacher for one prompt (samples) are
 all kept.
 
 Example:
     python dataset_scripts/join_teachers.py --input gpt4o=runs/gpt4o.jsonl --input claude=runs/claude.parquet \
-        pool.jsonl --require-all
+        pool.jsonl --require_all
 """
 
 from __future__ import annotations
@@ -68,12 +68,12 @@ def join_teachers(
         for index, row in enumerate(rows):
             where = f"{source} row {index}"
             prompt = text_cell(
-                row.get(prompt_column), f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt-column."
+                row.get(prompt_column), f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt_column."
             )
             response = text_cell(
                 row.get(response_column),
                 f"{where}, column {response_column!r}",
-                "Fix the row or pick --response-column.",
+                "Fix the row or pick --response_column.",
                 allow_none=True,
                 numbers=True,
             )
@@ -81,7 +81,7 @@ def join_teachers(
                 continue  # an empty cell: this teacher has no answer here
             if id_column:
                 if row.get(id_column) is None:
-                    fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to join on text.")
+                    fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id_column to join on text.")
                 key = str(row[id_column])  # 7 and "7" from a CSV and a JSON file are the same prompt
                 prompt_id = row[id_column]
             else:
@@ -136,11 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         help="One teacher's responses (.jsonl, .json, .parquet, .csv or a folder); repeat for each teacher.",
     )
     parser.add_argument("output", help="Where to write the joined rows (.jsonl, .json, .parquet, .csv or a folder).")
-    parser.add_argument("--prompt-column", default="prompt", help="Column holding the prompt in every input.")
-    parser.add_argument("--response-column", default="response", help="Column holding the response in every input.")
-    parser.add_argument("--id-column", default=None, help="Join on this id column instead of the prompt text.")
     parser.add_argument(
-        "--require-all", action="store_true", help="Keep only the prompts every teacher answered (others dropped)."
+        "--prompt_column", "--prompt-column", default="prompt", help="Column holding the prompt in every input."
+    )
+    parser.add_argument(
+        "--response_column", "--response-column", default="response", help="Column holding the response in every input."
+    )
+    parser.add_argument(
+        "--id_column", "--id-column", default=None, help="Join on this id column instead of the prompt text."
+    )
+    parser.add_argument(
+        "--require_all", "--require-all",
+        action="store_true", help="Keep only the prompts every teacher answered (others dropped)."
     )
     add_output_arguments(parser)
     args = parser.parse_args(argv)
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if lacking:
         per_teacher = ", ".join(f"{teacher} lacks {len(ids)}" for teacher, ids in missing.items() if ids)
         example = next(prompt_id for ids in missing.values() for prompt_id in ids)
-        action = "dropped (--require-all)" if args.require_all else "kept (pass --require-all to drop them)"
+        action = "dropped (--require_all)" if args.require_all else "kept (pass --require_all to drop them)"
         print(
             f"note: {len(lacking)} prompts are missing in some teachers ({per_teacher}; "
             f"e.g. prompt_id {example!r}): {action}.",

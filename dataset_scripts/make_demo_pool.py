@@ -478,12 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate the embedded multi-teacher demo pool (math word problems, 4 teacher styles).")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help="JSONL file to write (default: hf_localnat/data/demo_pool.jsonl in the repo)")
-    parser.add_argument("--num-prompts", type=int, default=48, help="number of prompts (default: 48)")
+    parser.add_argument("--num_prompts", "--num-prompts", type=int, default=48, help="number of prompts (default: 48)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (e.g. the shipped pool)")
     args = parser.parse_args(argv)
     if args.num_prompts < 1:
-        parser.error("--num-prompts must be at least 1")
+        parser.error("--num_prompts must be at least 1")
     if args.output.is_dir():
         parser.error(f"--output {str(args.output)!r} is a folder; name the .jsonl file to write")
     if args.output.exists() and not args.overwrite:

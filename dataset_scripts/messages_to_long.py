@@ -3,15 +3,15 @@
 The response is the final assistant turn; the prompt is the last user turn before it. Earlier turns are dropped,
 because scoring reads a response in the context of the question it answers. A system prompt is kept apart in a
 ``system`` column, so that the same question asked under different system prompts still joins as one prompt; pass
-``--system-in-prompt`` to put it before the prompt instead (a blank line between). Other columns are kept.
+``--system_in_prompt`` to put it before the prompt instead (a blank line between). Other columns are kept.
 
-The teacher comes from a column (``--teacher-column``), from each input file's name (``--teacher-from-filename``,
-one file per teacher), or is given (``--teacher``). The prompt id comes from ``--id-column``, else from a hash of
+The teacher comes from a column (``--teacher_column``), from each input file's name (``--teacher_from_filename``,
+one file per teacher), or is given (``--teacher``). The prompt id comes from ``--id_column``, else from a hash of
 the normalized prompt.
 
 Example:
     python dataset_scripts/messages_to_long.py runs/gpt-4o.jsonl runs/claude.jsonl pool.jsonl \
-        --teacher-from-filename --reference-column reference_answer
+        --teacher_from_filename --reference_column reference_answer
 """
 
 from __future__ import annotations
@@ -68,10 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="Conversational files (.jsonl, .json, .parquet) or folders.")
     parser.add_argument("output", help="Where to write the long rows (.jsonl, .json, .parquet, .csv or a folder).")
     add_teacher_arguments(parser)
-    parser.add_argument("--messages-column", default="messages", help="Column holding the list of messages.")
-    parser.add_argument("--id-column", default=None, help="Column holding the prompt id (default: hash of prompt).")
     parser.add_argument(
-        "--system-in-prompt", action="store_true", help="Put the system prompt before the prompt, not in `system`."
+        "--messages_column", "--messages-column", default="messages", help="Column holding the list of messages."
+    )
+    parser.add_argument(
+        "--id_column", "--id-column", default=None, help="Column holding the prompt id (default: hash of prompt)."
+    )
+    parser.add_argument(
+        "--system_in_prompt", "--system-in-prompt",
+        action="store_true", help="Put the system prompt before the prompt, not in `system`."
     )
     add_output_arguments(parser)
     args = parser.parse_args(argv)

@@ -2,15 +2,15 @@
 
 ``prompt`` and ``completion`` may be strings (standard format) or lists of ``{role, content}`` messages
 (conversational format). From a conversational prompt the last user turn is the prompt and a system turn goes to a
-``system`` column (or before the prompt with ``--system-in-prompt``); from a conversational completion the final
+``system`` column (or before the prompt with ``--system_in_prompt``); from a conversational completion the final
 assistant turn is the response. Other columns are kept.
 
-The teacher comes from a column (``--teacher-column``), from each input file's name (``--teacher-from-filename``),
-or is given (``--teacher``). The prompt id comes from ``--id-column``, else from a hash of the normalized prompt.
+The teacher comes from a column (``--teacher_column``), from each input file's name (``--teacher_from_filename``),
+or is given (``--teacher``). The prompt id comes from ``--id_column``, else from a hash of the normalized prompt.
 
 Example:
     python dataset_scripts/prompt_completion_to_long.py distill_gpt4o.jsonl pool.jsonl --teacher gpt4o \
-        --reference-column reference_answer
+        --reference_column reference_answer
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def prompt_completion_to_long(
                 value, f"{where}, column {prompt_column!r}", system_in_prompt, need_response=False
             )
         else:
-            prompt = text_cell(value, f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt-column.")
+            prompt = text_cell(value, f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt_column.")
         response = _completion_text(row.get(completion_column), f"{where}, column {completion_column!r}")
         long_rows.append(
             long_row(
@@ -91,13 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("inputs", nargs="+", help="Prompt-completion files (.jsonl, .json, .parquet, .csv) or folders.")
     parser.add_argument("output", help="Where to write the long rows (.jsonl, .json, .parquet, .csv or a folder).")
     add_teacher_arguments(parser)
-    parser.add_argument("--prompt-column", default="prompt", help="Column holding the prompt (text or messages).")
     parser.add_argument(
-        "--completion-column", default="completion", help="Column holding the completion (text or messages)."
+        "--prompt_column", "--prompt-column", default="prompt", help="Column holding the prompt (text or messages)."
     )
-    parser.add_argument("--id-column", default=None, help="Column holding the prompt id (default: hash of prompt).")
     parser.add_argument(
-        "--system-in-prompt", action="store_true", help="Put a system turn before the prompt, not in `system`."
+        "--completion_column", "--completion-column",
+        default="completion", help="Column holding the completion (text or messages)."
+    )
+    parser.add_argument(
+        "--id_column", "--id-column", default=None, help="Column holding the prompt id (default: hash of prompt)."
+    )
+    parser.add_argument(
+        "--system_in_prompt", "--system-in-prompt",
+        action="store_true", help="Put a system turn before the prompt, not in `system`."
     )
     add_output_arguments(parser)
     args = parser.parse_args(argv)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", help="Long-format pool: .jsonl, .json, .parquet or .csv.")
     parser.add_argument("output", help="Where to write the rows kept (.jsonl or .parquet).")
     parser.add_argument("--prompts", type=int, required=True, help="How many distinct prompts to keep.")
-    parser.add_argument("--id-column", default="prompt_id", help="Column that identifies a prompt.")
+    parser.add_argument("--id_column", "--id-column", default="prompt_id", help="Column that identifies a prompt.")
     parser.add_argument("--sort", action="store_true", help="Take the smallest ids, not the first seen.")
     parser.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it exists.")
     args = parser.parse_args(argv)

@@ -1,13 +1,13 @@
 """Turn a wide table (one response column per teacher) into hf_localnat's long format.
 
 Each input row becomes one output row per teacher: ``prompt_id, prompt, teacher, response`` followed by the
-row's other columns, kept as they are. The teacher is the column name (minus ``--teacher-prefix``). The prompt id
-comes from ``--id-column``, else from a hash of the normalized prompt (stable across files and runs). An empty
+row's other columns, kept as they are. The teacher is the column name (minus ``--teacher_prefix``). The prompt id
+comes from ``--id_column``, else from a hash of the normalized prompt (stable across files and runs). An empty
 (null) response cell means that teacher did not answer that prompt: no row is written for it.
 
 Example:
-    python dataset_scripts/wide_to_long.py wide.jsonl pool.jsonl --prompt-column question \
-        --teacher-prefix resp_ --reference-column reference_answer
+    python dataset_scripts/wide_to_long.py wide.jsonl pool.jsonl --prompt_column question \
+        --teacher_prefix resp_ --reference_column reference_answer
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def wide_to_long(
     for index, row in enumerate(rows):
         where = f"{source} row {index}"
         prompt = text_cell(
-            row.get(prompt_column), f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt-column."
+            row.get(prompt_column), f"{where}, column {prompt_column!r}", "Fix the row or pick --prompt_column."
         )
         extras = extra_columns(row, used)
         prompt_id = row[id_column] if id_column else prompt_hash(prompt)
         if prompt_id is None:
-            fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id-column to hash the prompt.")
+            fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id_column to hash the prompt.")
         for column, teacher in teachers.items():
             response = text_cell(
                 row.get(column), f"{where}, column {column!r}", "Fix the cell.", allow_none=True, numbers=True
@@ -71,7 +71,7 @@ def wide_to_long(
 
 
 def teacher_columns(columns: list[str], teachers: str | None, prefix: str | None, source: str) -> dict[str, str]:
-    """Map response columns to teacher names from ``--teachers a,b`` or ``--teacher-prefix resp_``.
+    """Map response columns to teacher names from ``--teachers a,b`` or ``--teacher_prefix resp_``.
 
     Example:
         >>> teacher_columns(["prompt", "resp_a", "resp_b"], None, "resp_", "wide.jsonl")
@@ -87,7 +87,7 @@ def teacher_columns(columns: list[str], teachers: str | None, prefix: str | None
         return {name: name for name in names}
     found = {column: column[len(prefix) :] for column in columns if column.startswith(prefix) and column != prefix}
     if not found:
-        fail(f"{source}: no column starts with {prefix!r} (columns: {', '.join(columns)}). Fix --teacher-prefix.")
+        fail(f"{source}: no column starts with {prefix!r} (columns: {', '.join(columns)}). Fix --teacher_prefix.")
     return found
 
 
@@ -97,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="Where to write the long rows (.jsonl, .json, .parquet, .csv or a folder).")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--teachers", help="Comma-separated response columns, one per teacher (the teacher names).")
-    group.add_argument("--teacher-prefix", help="Every column starting with this is a teacher: resp_gpt4o -> gpt4o.")
-    parser.add_argument("--prompt-column", default="prompt", help="Column holding the prompt.")
-    parser.add_argument("--id-column", default=None, help="Column holding the prompt id (default: hash of prompt).")
+    group.add_argument(
+        "--teacher_prefix", "--teacher-prefix",
+        help="Every column starting with this is a teacher: resp_gpt4o -> gpt4o."
+    )
+    parser.add_argument("--prompt_column", "--prompt-column", default="prompt", help="Column holding the prompt.")
+    parser.add_argument(
+        "--id_column", "--id-column", default=None, help="Column holding the prompt id (default: hash of prompt)."
+    )
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     check_output(args.output, [args.input], args.overwrite)

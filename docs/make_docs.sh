@@ -13,7 +13,7 @@ $BIN/python dataset_scripts/take_prompts.py ../shared/data/multiteacher/zeroeval
 # Predict first: 8 timed runs on 96 length-stratified rows of this pool (a point estimate and a 97.5% upper
 # bound), and the bench/RESULTS.md engine rates.
 $BIN/python bench/predict_time.py "$WORK/math_l5_200.jsonl" --metrics global,local,rsr --return_steps \
-    --global-tps 484 --local-tps 191 > "$WORK/math_l5_200.predict.json"
+    --global_tps 484 --local_tps 191 > "$WORK/math_l5_200.predict.json"
 /usr/bin/time -v -o "$WORK/math_l5_200.time" $BIN/hf-localnat score "$WORK/math_l5_200.jsonl" \
     --metrics global,local,rsr --return_steps --output "$WORK/math_l5_200.scored.parquet" --overwrite \
     2> >(tee "$WORK/math_l5_200.score.log" >&2)   # the progress bar's chunk times, for bench/chunk_costs.py
@@ -23,7 +23,7 @@ $BIN/hf-localnat report "$WORK/math_l5_200.scored.parquet" --output docs/math_l5
 $BIN/python dataset_scripts/processbench_to_long.py ../shared/data/steplabels/processbench_math.json \
     "$WORK/processbench_math_200.jsonl" --sample 200 --seed 0 --overwrite
 $BIN/python bench/predict_time.py "$WORK/processbench_math_200.jsonl" --splitter paragraph --metrics local \
-    --return_steps --global-tps 484 --local-tps 191 > "$WORK/processbench_math_200.predict.json"
+    --return_steps --global_tps 484 --local_tps 191 > "$WORK/processbench_math_200.predict.json"
 /usr/bin/time -v -o "$WORK/processbench_math_200.time" $BIN/hf-localnat score "$WORK/processbench_math_200.jsonl" \
     --splitter paragraph --metrics local --return_steps --output "$WORK/processbench_math_200.scored.parquet" \
     --overwrite

@@ -15,8 +15,9 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 from .errors import LocalnatError  # noqa: E402
+from .metrics import ScoringConfig  # noqa: E402
 from .scorer import NaturalnessScorer  # noqa: E402
-from .selection import rank_teachers, select_responses  # noqa: E402
+from .selection import SelectionConfig, rank_teachers, select_responses  # noqa: E402
 from .student import load_student  # noqa: E402
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "NaturalnessScorer",
     "ReselectConfig",
     "ReselectingSFTTrainer",
+    "ScoringConfig",
+    "SelectionConfig",
     "__version__",
     "load_student",
     "push_selection",

@@ -1,7 +1,10 @@
 """The ``hf-localnat`` command line (also ``python -m hf_localnat``).
 
-Each sub-command is driven by one dataclass whose fields carry their own help, as in TRL's scripts. A class's
-``MIN_VALUES`` bounds its numeric fields; every bound is checked before any data or model is loaded.
+Each sub-command parses a tuple of dataclasses whose fields carry their own help, as TRL's scripts do
+(``ScoreArguments, StudentArguments, ScoringConfig``): every option is defined once, in the class it belongs to,
+and composed. Flags use the field names (``--group_by``; HfArgumentParser also accepts ``--group_by``). Every
+command takes ``--config FILE.yaml`` with the same names, as ``trl sft`` does; flags on the command line win.
+A class's ``MIN_VALUES`` bounds its numeric fields; every bound is checked before any data or model is loaded.
 User mistakes print one ``hf-localnat: error: ...`` line and exit 2, without a traceback.
 """
 
@@ -22,77 +25,27 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import HfArgumentParser
 
 from .distributed import destroy_process_group_at_exit
 from .errors import LocalnatError
+from .metrics import ScoringConfig, with_fields_of
+from .selection import SelectionConfig
+from .student import StudentArguments
 
 logger = logging.getLogger("hf_localnat")
-
-
-def parse_window(text: str | int | float) -> int | float:
-    """``"4"`` -> 4, ``"0.5"`` -> 0.5; anything else is a user error."""
-    if isinstance(text, int | float):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        raise LocalnatError(f"--window {text!r} is not a number. Use an int >= 1 or a float in (0, 1).") from None
-
 
 OVERWRITE_HELP = "Replace an existing output (a folder only if it holds what hf-localnat writes there)."
 
 
 @dataclass
-class ScoringArguments:
-    """How responses are scored (shared by ``score`` and ``demo``)."""
-
-    MIN_VALUES = {"min_step_chars": 0, "max_tokens_per_batch": 1, "max_response_tokens": 1}
-
-    student: str | None = field(
-        default=None,
-        metadata={
-            "help": "Student model: a local folder, a .gguf file, or a cached Hub id. Default: embedded SmolLM2."
-        },
-    )
-    metrics: str = field(default="global,local", metadata={"help": "Comma-separated metrics: global, local, rsr."})
-    window: str = field(
-        default="4", metadata={"help": "Previous steps in a local context: an int >= 1, or a fraction in (0, 1)."}
-    )
-    splitter: str = field(
-        default="sentence",
-        metadata={"help": "Step splitter: sentence, paragraph, line, regex:<pattern> or tokens:<n>."},
-    )
-    min_step_chars: int = field(
-        default=4, metadata={"help": "Pieces shorter than this join the step before them."}
-    )
-    include_prompt: bool = field(default=True, metadata={"help": "Start local contexts with the prompt (else BOS)."})
-    step_aggregate: str = field(default="step_mean", metadata={"help": "step_mean or token_mean."})
-    drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
-    return_steps: bool = field(default=False, metadata={"help": "Also write step_spans and step_logprobs."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt text."})
-    response_column: str = field(default="response", metadata={"help": "Column holding the response text."})
-    max_tokens_per_batch: int = field(default=16384, metadata={"help": "Padded tokens per forward pass."})
-    max_response_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "Responses longer than this (student tokens) get None for global and rsr. Default: whatever "
-            "fits the student's context after the prompt; nothing longer than the context is ever read.",
-        },
-    )
-
-
-@dataclass
-class ScoreArguments(ScoringArguments):
+class ScoreArguments:
     """``hf-localnat score INPUT --output OUT``: add naturalness columns to every row."""
 
-    MIN_VALUES = {**ScoringArguments.MIN_VALUES, "limit": 1, "chunk_rows": 1}
+    MIN_VALUES = {"limit": 1, "chunk_rows": 1}
 
     output: str = field(default="", metadata={"help": "Output: .jsonl, .json, .parquet, .csv, or a folder."})
     split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
@@ -105,45 +58,31 @@ class ScoreArguments(ScoringArguments):
 
 @dataclass
 class SelectArguments:
-    """``hf-localnat select SCORED --by METRIC --group-by COLUMN --output OUT``: keep the best k per group."""
+    """``hf-localnat select SCORED --by METRIC --group_by COLUMN --output OUT``: keep the best k per group."""
 
-    MIN_VALUES = {"k": 1}
-
-    by: str = field(default="local_naturalness", metadata={"help": "Score column to select by."})
-    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the group (the prompt)."})
-    k: int = field(default=1, metadata={"help": "Responses kept per group."})
-    where: str | None = field(default=None, metadata={"help": 'Row filter first, e.g. "correct == True".'})
-    higher_is_better: bool | None = field(
-        default=None, metadata={"help": "Override the metric's direction (naturalness: higher; rsr: lower)."}
-    )
     output: str = field(default="", metadata={"help": "Output: .jsonl, .json, .parquet, .csv, or a folder."})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 @dataclass
+@with_fields_of(SelectionConfig, only=("by", "group_by", "higher_is_better"))
 class RankTeachersArguments:
     """``hf-localnat rank-teachers SCORED --by METRIC``: rank teachers by their mean score over prompts."""
 
     MIN_VALUES = {"n_bootstrap": 1}
 
-    by: str = field(default="local_naturalness", metadata={"help": "Score column to rank by."})
     teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
-    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the prompt."})
-    higher_is_better: bool | None = field(
-        default=None, metadata={"help": "Override the metric's direction (naturalness: higher; rsr: lower)."}
-    )
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% CI."})
     output: str | None = field(default=None, metadata={"help": "Write the table to this .csv or .json file."})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 @dataclass
-class DemoArguments(ScoringArguments):
+class DemoArguments:
     """``hf-localnat demo``: score the embedded demo pool, rank teachers, select, and write a dataset folder."""
 
-    MIN_VALUES = {**ScoringArguments.MIN_VALUES, "limit_prompts": 1}
+    MIN_VALUES = {"limit_prompts": 1}
 
-    metrics: str = field(default="global,local,rsr", metadata={"help": "Comma-separated metrics: global, local, rsr."})
     output_dir: str = field(default="localnat-demo", metadata={"help": "Where the selected dataset folder goes."})
     limit_prompts: int | None = field(default=None, metadata={"help": "Use only the first N demo prompts."})
     overwrite: bool = field(
@@ -151,38 +90,23 @@ class DemoArguments(ScoringArguments):
     )
 
 
-def build_scorer(args: ScoringArguments, device: torch.device | None = None):
+def build_scorer(student: StudentArguments, scoring: ScoringConfig, device: torch.device | None = None):
+    """Load the student and make its :class:`~hf_localnat.scorer.NaturalnessScorer`."""
     from .scorer import NaturalnessScorer
     from .student import load_student
 
-    window = parse_window(args.window)
-    model, tokenizer = load_student(args.student, device=device)
-    return NaturalnessScorer(
-        model,
-        tokenizer,
-        metrics=args.metrics,
-        window=window,
-        splitter=args.splitter,
-        min_step_chars=args.min_step_chars,
-        include_prompt=args.include_prompt,
-        step_aggregate=args.step_aggregate,
-        drop_first_token=args.drop_first_token,
-        return_steps=args.return_steps,
-        prompt_column=args.prompt_column,
-        response_column=args.response_column,
-        max_tokens_per_batch=args.max_tokens_per_batch,
-        max_response_tokens=args.max_response_tokens,
-    )
+    model, tokenizer = load_student(student.student, device=device)
+    return NaturalnessScorer(model, tokenizer, scoring)
 
 
 def check_numbers(args: object) -> None:
     """Refuse a numeric option below its bound in ``MIN_VALUES`` (``--chunk_rows 0``, ``--k 0``) before any work.
 
     Example:
-        >>> check_numbers(SelectArguments(k=0))
+        >>> check_numbers(ScoreArguments(chunk_rows=0))
         Traceback (most recent call last):
         ...
-        hf_localnat.errors.LocalnatError: --k 0: use a whole number >= 1.
+        hf_localnat.errors.LocalnatError: --chunk_rows 0: use a whole number >= 1.
     """
     for name, low in getattr(type(args), "MIN_VALUES", {}).items():
         value = getattr(args, name)
@@ -193,15 +117,14 @@ def check_numbers(args: object) -> None:
             raise LocalnatError(f"--{name} {value}: use a {kind} >= {low}.")
 
 
-def check_scoring_args(args: ScoringArguments) -> None:
-    """Validate the cheap options before the student is loaded."""
-    from .metrics import normalize_metrics, validate_window
-    from .segmentation import get_splitter
+def flags_for(config: object, *names: str) -> dict[str, str]:
+    """Column -> the flag that names it, built from the field names (for "Pass --prompt_column NAME." hints).
 
-    normalize_metrics(args.metrics)
-    validate_window(parse_window(args.window))
-    if not args.splitter.startswith("tokens:"):  # a token splitter needs the student's tokenizer: checked later
-        get_splitter(args.splitter, min_step_chars=args.min_step_chars)
+    Example:
+        >>> flags_for(ScoringConfig(prompt_column="question"), "prompt_column")
+        {'question': '--prompt_column'}
+    """
+    return {getattr(config, name): f"--{name}" for name in names}
 
 
 def launch_state():
@@ -220,9 +143,9 @@ def launch_state():
 DELIVERY_FILE = "delivered.json"  # in OUT's .partial folder: which file the run renamed into place as OUT
 
 
-def _command_key(args: ScoreArguments, input_path: str) -> str:
+def _command_key(args: Sequence[Any], input_path: str) -> str:
     """What makes two ``score`` commands the same, without loading anything: the options and the input file."""
-    settings = {k: v for k, v in dataclasses.asdict(args).items() if k != "overwrite"}
+    settings = [{k: v for k, v in dataclasses.asdict(part).items() if k != "overwrite"} for part in args]
     source = Path(input_path)
     stat = source.stat() if source.is_file() else None
     where = [str(source.resolve()) if source.exists() else input_path, stat and stat.st_size, stat and stat.st_mtime_ns]
@@ -265,7 +188,7 @@ def _remove_work_dir(work_dir: Path, output: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def run_score(args: ScoreArguments, input_path: str) -> None:
+def run_score(args: ScoreArguments, student: StudentArguments, scoring: ScoringConfig, input_path: str) -> None:
     from .data_io import load_rows, require_columns, require_text, write_rows
     from .distributed import main_decides
     from .outputs import RunLock, check_output, remove_stale_temporaries
@@ -273,7 +196,6 @@ def run_score(args: ScoreArguments, input_path: str) -> None:
 
     if not args.output:
         raise LocalnatError("score needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
-    check_scoring_args(args)
     output = Path(args.output)
     refused = None
     try:
@@ -283,7 +205,7 @@ def run_score(args: ScoreArguments, input_path: str) -> None:
             raise
         refused = err  # unless an earlier run of this command delivered OUT and only its cleanup was cut short
     work_dir = output.with_name(f".{output.name}.partial")
-    key = _command_key(args, input_path)
+    key = _command_key([args, student, scoring], input_path)
     state = launch_state()
 
     def sweep_and_finish() -> bool | None:
@@ -313,13 +235,13 @@ def run_score(args: ScoreArguments, input_path: str) -> None:
     try:
         with state.main_process_first() if state is not None else contextlib.nullcontext():
             ds = load_rows(input_path, split=args.split)  # the main process fills the datasets cache first
-        flags = {args.prompt_column: "--prompt-column", args.response_column: "--response-column"}
-        require_columns(ds, [args.prompt_column, args.response_column], input_path, flags)
-        require_text(ds, args.prompt_column, input_path, allow_none=False)
-        require_text(ds, args.response_column, input_path)
+        flags = flags_for(scoring, "prompt_column", "response_column")
+        require_columns(ds, [scoring.prompt_column, scoring.response_column], input_path, flags)
+        require_text(ds, scoring.prompt_column, input_path, allow_none=False, flag="--prompt_column")
+        require_text(ds, scoring.response_column, input_path, flag="--response_column")
         if args.limit is not None:
             ds = ds.select(range(min(args.limit, len(ds))))
-        scorer = build_scorer(args, device=state.device if state is not None else None)
+        scorer = build_scorer(student, scoring, device=state.device if state is not None else None)
         scored = score_dataset(ds, scorer, work_dir=work_dir, chunk_rows=args.chunk_rows, state=state)
         if scored is None:  # not the main process: its chunks are on disk for the main process to assemble
             return
@@ -339,7 +261,7 @@ def run_score(args: ScoreArguments, input_path: str) -> None:
     print(f"Scored {len(scored)} rows -> {output}")
 
 
-def run_select(args: SelectArguments, scored_path: str) -> None:
+def run_select(args: SelectArguments, selection: SelectionConfig, scored_path: str) -> None:
     from .data_io import load_rows, require_columns, write_rows
     from .outputs import check_output
     from .selection import select_responses
@@ -348,16 +270,8 @@ def run_select(args: SelectArguments, scored_path: str) -> None:
         raise LocalnatError("select needs --output OUT (.jsonl, .json, .parquet, .csv, or a folder).")
     check_output(args.output, "rows", inputs=[scored_path], overwrite=args.overwrite)
     ds = load_rows(scored_path)
-    require_columns(ds, [args.by, args.group_by], scored_path, {args.by: "--by", args.group_by: "--group-by"})
-    selected, report = select_responses(
-        ds,
-        by=args.by,
-        group_by=args.group_by,
-        k=args.k,
-        where=args.where,
-        higher_is_better=args.higher_is_better,
-        return_report=True,
-    )
+    require_columns(ds, [selection.by, selection.group_by], scored_path, flags_for(selection, "by", "group_by"))
+    selected, report = select_responses(ds, selection, return_report=True)
     write_rows(selected, args.output, overwrite=args.overwrite, inputs=[scored_path])
     print(report.summary())
     print(f"Selected {len(selected)} rows -> {args.output}")
@@ -377,7 +291,7 @@ def run_rank_teachers(args: RankTeachersArguments, scored_path: str) -> None:
         ds,
         [args.by, args.teacher_column, args.group_by],
         scored_path,
-        {args.by: "--by", args.teacher_column: "--teacher-column", args.group_by: "--group-by"},
+        flags_for(args, "by", "teacher_column", "group_by"),
     )
     table = rank_teachers(
         ds,
@@ -401,19 +315,17 @@ def run_rank_teachers(args: RankTeachersArguments, scored_path: str) -> None:
         print(format_ranking(table))
 
 
-def run_demo(args: DemoArguments) -> None:
+def run_demo(args: DemoArguments, student: StudentArguments, scoring: ScoringConfig) -> None:
     from .demo import run_demo as demo
 
-    check_scoring_args(args)
-    demo(args)
+    demo(args, student, scoring)
 
 
 @dataclass
 class TrainArguments:
-    """``hf-localnat train --pool POOL --student PATH --output-dir OUT``: the data side of training."""
+    """``hf-localnat train --pool POOL --student PATH --output_dir OUT``: the data side of training."""
 
     pool: str = field(default="", metadata={"help": "Candidate pool: a data file, save_to_disk folder or Hub id."})
-    student: str | None = field(default=None, metadata={"help": "Student to train (default: embedded SmolLM2)."})
     split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
     overwrite: bool = field(
         default=False,
@@ -430,7 +342,7 @@ def _reselect_config() -> type:
     return ReselectConfig
 
 
-def run_train(args: TrainArguments, config) -> None:
+def run_train(args: TrainArguments, student: StudentArguments, config) -> None:
     from .data_io import load_rows, require_columns, require_text
     from .outputs import check_location, check_output, refuse_foreign
     from .segmentation import get_splitter
@@ -450,25 +362,18 @@ def run_train(args: TrainArguments, config) -> None:
             f"--output_dir {str(output_dir)!r} exists. Pass --resume_from_checkpoint to continue the run in it, "
             "--overwrite to train anew there, or pick a new folder."
         )
-    inputs = [args.pool, args.student]
+    inputs = [args.pool, student.student]
     if resume:  # training continues inside the folder and deletes nothing: only where it is matters
         check_location(output_dir, inputs, flag="--output_dir")
     else:
         check_output(output_dir, "training", inputs=inputs, overwrite=True, flag="--output_dir")
-    if not config.splitter.startswith("tokens:"):  # a token splitter needs the tokenizer: checked when it loads
-        get_splitter(config.splitter)
     pool = load_rows(args.pool, split=args.split)
     columns = [config.prompt_column, config.response_column, config.group_by]
-    flags = {
-        config.prompt_column: "--prompt-column",
-        config.response_column: "--response-column",
-        config.group_by: "--group-by",
-    }
-    require_columns(pool, columns, args.pool, flags)
-    require_text(pool, config.prompt_column, args.pool, allow_none=False)
-    require_text(pool, config.response_column, args.pool)
+    require_columns(pool, columns, args.pool, flags_for(config, "prompt_column", "response_column", "group_by"))
+    require_text(pool, config.prompt_column, args.pool, allow_none=False, flag="--prompt_column")
+    require_text(pool, config.response_column, args.pool, flag="--response_column")
     # The trainer places the model; load on CPU in float32 and let accelerate move it.
-    model, tokenizer = load_student(args.student, device="cpu", dtype="float32")
+    model, tokenizer = load_student(student.student, device="cpu", dtype="float32")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     get_splitter(config.splitter, tokenizer=tokenizer)
@@ -499,10 +404,9 @@ def run_train(args: TrainArguments, config) -> None:
 
 
 @dataclass
+@with_fields_of(ScoringConfig, only=("response_column",))
 class PushSelectionArguments:
-    """``hf-localnat push-selection SELECTED --repo-id ID | --to-dir DIR``: publish a selection with its card."""
-
-    MIN_VALUES = {"k": 1}
+    """``hf-localnat push-selection SELECTED --repo_id ID | --to_dir DIR``: publish a selection with its card."""
 
     repo_id: str | None = field(default=None, metadata={"help": "Upload to this Hub dataset repo (NAMESPACE/NAME)."})
     to_dir: str | None = field(default=None, metadata={"help": "Write the folder that would be uploaded here."})
@@ -510,25 +414,17 @@ class PushSelectionArguments:
         default=None,
         metadata={"help": "The scored pool SELECTED came from: adds rankings, the histogram and row counts."},
     )
-    by: str = field(default="local_naturalness", metadata={"help": "Score column the selection used."})
-    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the group (the prompt)."})
-    k: int = field(default=1, metadata={"help": "Responses kept per group."})
-    where: str | None = field(default=None, metadata={"help": "The row filter the selection used, if any."})
-    higher_is_better: bool | None = field(
-        default=None, metadata={"help": "The direction the selection used, if it overrode the metric's own."}
-    )
     source_dataset: str | None = field(
         default=None, metadata={"help": "Name (Hub id or path) of the pool the scores came from, for the card."}
     )
     teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
-    response_column: str = field(default="response", metadata={"help": "Column holding the response."})
     private: bool = field(default=True, metadata={"help": "Create the Hub repo as private."})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
 @dataclass
 class PushStudentArguments:
-    """``hf-localnat push-student FOLDER --repo-id ID | --to-dir DIR``: publish a trained student with its card."""
+    """``hf-localnat push-student FOLDER --repo_id ID | --to_dir DIR``: publish a trained student with its card."""
 
     repo_id: str | None = field(default=None, metadata={"help": "Upload to this Hub model repo (NAMESPACE/NAME)."})
     to_dir: str | None = field(default=None, metadata={"help": "Write the folder that would be uploaded here."})
@@ -546,10 +442,10 @@ def _evaluate_arguments() -> type:
     return EvaluateArguments
 
 
-def _run_evaluate(args) -> None:
+def _run_evaluate(args, student: StudentArguments) -> None:
     from .evaluation import run_evaluate
 
-    run_evaluate(args)
+    run_evaluate(args, student)
 
 
 def _report_arguments() -> type:
@@ -566,45 +462,41 @@ def _run_report(args, scored_path: str) -> None:
 
 def _one_destination(repo_id: str | None, to_dir: str | None) -> None:
     if (repo_id is None) == (to_dir is None):
-        raise LocalnatError("give exactly one of --repo-id ID (upload to the Hub) or --to-dir DIR (a local folder).")
+        raise LocalnatError("give exactly one of --repo_id ID (upload to the Hub) or --to_dir DIR (a local folder).")
 
 
-def run_push_selection(args: PushSelectionArguments, selected_path: str) -> None:
+def run_push_selection(args: PushSelectionArguments, selection: SelectionConfig, selected_path: str) -> None:
     from .data_io import load_rows, require_columns
-    from .hub import SelectionConfig, push_selection, selected_ids_sha256
+    from .hub import push_selection, selected_ids_sha256
+    from .outputs import check_output
     from .selection import select_responses
 
     _one_destination(args.repo_id, args.to_dir)
     if args.to_dir is not None:
-        from .outputs import check_output
-
         check_output(args.to_dir, "selection", inputs=[selected_path, args.scored], overwrite=args.overwrite,
                      flag="--to_dir")  # fmt: skip
     selected = load_rows(selected_path)
-    require_columns(selected, [args.group_by], selected_path, {args.group_by: "--group-by"})
-    config = SelectionConfig(
-        by=args.by, group_by=args.group_by, k=args.k, where=args.where, higher_is_better=args.higher_is_better
-    )
+    require_columns(selected, [selection.group_by], selected_path, flags_for(selection, "group_by"))
     scored = None
     if args.scored:
         scored = load_rows(args.scored)
-        require_columns(scored, [args.by, args.group_by], args.scored, {args.by: "--by", args.group_by: "--group-by"})
+        require_columns(scored, [selection.by, selection.group_by], args.scored, flags_for(selection, "by", "group_by"))
         # The card claims SELECTED = select(SCORED, these flags): check it rather than publish a wrong claim.
-        again = select_responses(scored, **dataclasses.asdict(config))
+        again = select_responses(scored, selection)
         # Compare on the teacher only when both files carry it.
         teacher = args.teacher_column if args.teacher_column in selected.column_names else "\0no-teacher"
-        if selected_ids_sha256(again, args.group_by, teacher) != selected_ids_sha256(selected, args.group_by, teacher):
+        group_by = selection.group_by
+        if selected_ids_sha256(again, group_by, teacher) != selected_ids_sha256(selected, group_by, teacher):
             raise LocalnatError(
-                f"{selected_path} is not what `select {args.scored}` gives with --by {args.by} --group-by "
-                f"{args.group_by} --k {args.k}" + (f" --where {args.where!r}" if args.where else "") +
-                ". Pass the flags the selection was made with."
+                f"{selected_path} is not what `select {args.scored} {' '.join(selection.command_args())}` gives. "
+                "Pass the flags (or the --config) the selection was made with."
             )
     where = push_selection(
         selected,
         repo_id=args.repo_id,
         to_dir=args.to_dir,
         scored=scored,
-        selection_config=config,
+        selection_config=selection,
         source_dataset=args.source_dataset,
         private=args.private,
         overwrite=args.overwrite,
@@ -633,60 +525,77 @@ def run_push_student(args: PushStudentArguments, folder: str) -> None:
     print(f"Published the student {folder} with its card -> {where}")
 
 
-COMMANDS: dict[str, tuple[Callable[[], tuple[type, ...]], str | None, Callable, str]] = {
-    "score": (
-        lambda: (ScoreArguments,),
-        "input",
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: the dataclasses it parses (in the order ``run`` takes them), its positional argument,
+    and parser defaults that differ from the dataclasses' own (the demo scores every metric)."""
+
+    arguments: Callable[[], tuple[type, ...]]
+    run: Callable[..., None]
+    help: str
+    positional: str | None = None
+    positional_help: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+COMMANDS: dict[str, Command] = {
+    "score": Command(
+        lambda: (ScoreArguments, StudentArguments, ScoringConfig),
         run_score,
-        "Score rows: INPUT is a data file, a save_to_disk folder or a Hub id.",
+        "Score rows: add the naturalness columns to every row.",
+        "input",
+        "Rows to score: a .jsonl, .json, .parquet or .csv file, a save_to_disk folder, or a Hub dataset id.",
     ),
-    "select": (
-        lambda: (SelectArguments,),
-        "scored",
+    "select": Command(
+        lambda: (SelectArguments, SelectionConfig),
         run_select,
         "Select the best k responses per prompt from scored rows.",
-    ),
-    "rank-teachers": (
-        lambda: (RankTeachersArguments,),
         "scored",
+        "Scored rows (the output of score).",
+    ),
+    "rank-teachers": Command(
+        lambda: (RankTeachersArguments,),
         run_rank_teachers,
         "Rank teachers by a score column.",
+        "scored",
+        "Scored rows (the output of score).",
     ),
-    "demo": (
-        lambda: (DemoArguments,),
-        None,
+    "demo": Command(
+        lambda: (DemoArguments, StudentArguments, ScoringConfig),
         run_demo,
         "Score the embedded demo pool with the embedded student, end to end.",
+        defaults={"metrics": "global,local,rsr"},
     ),
-    "train": (
-        lambda: (TrainArguments, _reselect_config()),
-        None,
+    "train": Command(
+        lambda: (TrainArguments, StudentArguments, _reselect_config()),
         run_train,
         "Train the student on a selection that is re-made as it trains (works under accelerate launch).",
     ),
-    "report": (
+    "report": Command(
         lambda: (_report_arguments(),),
-        "scored",
         lambda args, scored: _run_report(args, scored),
         "Write report.html and PNG figures: rankings, length bias, step profiles, step labels, selection.",
+        "scored",
+        "Scored rows (the output of score; --return_steps for the step sections).",
     ),
-    "evaluate": (
-        lambda: (_evaluate_arguments(),),
-        None,
-        lambda args: _run_evaluate(args),
+    "evaluate": Command(
+        lambda: (_evaluate_arguments(), StudentArguments),
+        lambda args, student: _run_evaluate(args, student),
         "Greedy-decode a benchmark with the student, check answers with math-verify, report accuracy and its CI.",
     ),
-    "push-selection": (
-        lambda: (PushSelectionArguments,),
-        "selected",
+    "push-selection": Command(
+        lambda: (PushSelectionArguments, SelectionConfig),
         run_push_selection,
-        "Publish a selected dataset with its provenance card (to the Hub, or a folder with --to-dir).",
+        "Publish a selected dataset with its provenance card (to the Hub, or a folder with --to_dir).",
+        "selected",
+        "The selected rows (the output of select).",
     ),
-    "push-student": (
+    "push-student": Command(
         lambda: (PushStudentArguments,),
-        "folder",
         run_push_student,
-        "Publish a trained student folder with its model card (to the Hub, or a folder with --to-dir).",
+        "Publish a trained student folder with its model card (to the Hub, or a folder with --to_dir).",
+        "folder",
+        "A folder written by train (trainer.save_model).",
     ),
 }
 
@@ -698,17 +607,50 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Show debug logs and full tracebacks.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     argv = sys.argv[1:] if argv is None else list(argv)
-    for name, (dataclass_types, positional, _, help_text) in COMMANDS.items():
+    for name, command in COMMANDS.items():
         if name == "train" and "train" not in argv:  # importing TRL costs seconds: only when training
-            sub.add_parser(name, dataclass_types=[TrainArguments], help=help_text, description=help_text)
+            sub.add_parser(name, dataclass_types=[TrainArguments], help=command.help, description=command.help)
             continue
-        command = sub.add_parser(name, dataclass_types=list(dataclass_types()), help=help_text, description=help_text)
-        if positional:
-            command.add_argument(positional, help=help_text)
-        for action in command._actions:  # argparse %-formats help: a literal "95% CI" would crash --help
+        types = list(command.arguments())
+        parser_ = sub.add_parser(name, dataclass_types=types, help=command.help, description=command.help)
+        if command.positional:
+            # Optional here so that --config can give it; checked after the config is read.
+            parser_.add_argument(command.positional, nargs="?", default=None, help=command.positional_help)
+        parser_.add_argument(
+            "--config",
+            default=None,
+            help="A YAML file of options (the flag names, with underscores); flags on the command line win.",
+        )
+        parser_.set_defaults(**command.defaults)
+        for action in parser_._actions:  # argparse %-formats help: a literal "95% CI" would crash --help
             if action.help and "%" in action.help:
                 action.help = re.sub(r"%(?!\()", "%%", action.help)
     return parser
+
+
+def config_defaults(parser: argparse.ArgumentParser, command: str, path: str) -> tuple[argparse.ArgumentParser, dict]:
+    """The sub-command's parser and the options a ``--config`` YAML file sets, checked against its option names."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except OSError as err:
+        raise LocalnatError(f"--config {path!r}: cannot read it ({err.strerror}).") from None
+    except yaml.YAMLError as err:
+        raise LocalnatError(f"--config {path!r}: not valid YAML ({str(err).splitlines()[0]}).") from None
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise LocalnatError(f"--config {path!r}: expected a mapping of option names to values.")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    known = {action.dest for action in sub._actions} - {"help", "config"}
+    unknown = sorted(set(map(str, values)) - known)
+    if unknown:
+        raise LocalnatError(
+            f"--config {path!r}: {command} has no option {', '.join(map(repr, unknown))}. Its options are: "
+            f"{', '.join(sorted(known))}."
+        )
+    return sub, values
 
 
 _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
@@ -721,15 +663,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if namespace.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("hf_localnat").setLevel(logging.DEBUG if namespace.verbose else logging.INFO)
-    dataclass_types, positional, run, _ = COMMANDS[namespace.command]
+    command = COMMANDS[namespace.command]
     try:
-        args = [dc(**{f.name: getattr(namespace, f.name) for f in fields(dc) if f.init}) for dc in dataclass_types()]
+        if getattr(namespace, "config", None):
+            sub, values = config_defaults(parser, namespace.command, namespace.config)
+            sub.set_defaults(**values)
+            namespace = parser.parse_args(argv)  # again, so that flags on the command line win
+        if command.positional and getattr(namespace, command.positional) is None:
+            raise LocalnatError(f"{namespace.command} needs {command.positional.upper()}: {command.positional_help}")
+        args = [
+            dc(**{f.name: getattr(namespace, f.name) for f in fields(dc) if f.init}) for dc in command.arguments()
+        ]
         for arguments in args:
             check_numbers(arguments)
-        if positional:
-            run(*args, getattr(namespace, positional))
+        if command.positional:
+            command.run(*args, getattr(namespace, command.positional))
         else:
-            run(*args)
+            command.run(*args)
     except LocalnatError as err:
         if namespace.verbose:
             raise

@@ -155,8 +155,9 @@ def require_columns(ds: Dataset, columns: Iterable[str], source: str, flags: dic
             raise LocalnatError(f"{source}: column {column!r} not found (columns: {', '.join(ds.column_names)}).{fix}")
 
 
-def require_text(ds: Dataset, column: str, source: str, allow_none: bool = True) -> None:
-    """Check that a column holds strings; name the first offending row otherwise."""
+def require_text(ds: Dataset, column: str, source: str, allow_none: bool = True, flag: str | None = None) -> None:
+    """Check that a column holds strings; name the first offending row otherwise (and ``flag``, the option that
+    picks another column, if there is one)."""
     feature = ds.features[column]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         if allow_none:
@@ -165,9 +166,10 @@ def require_text(ds: Dataset, column: str, source: str, allow_none: bool = True)
         if value is None and allow_none:
             continue
         if not isinstance(value, str):
+            fix = f"Fix the row, or pick the text column with {flag} NAME." if flag else "Fix the row."
             raise LocalnatError(
                 f"{source} row {row}, column {column!r}: expected text, got {type(value).__name__} "
-                f"({str(value)[:40]!r}). Fix the row, or pick the text column with --{column.replace('_', '-')}-column."
+                f"({str(value)[:40]!r}). {fix}"
             )
 
 

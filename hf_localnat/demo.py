@@ -20,6 +20,8 @@ from .outputs import check_output
 
 if TYPE_CHECKING:
     from .cli import DemoArguments
+    from .metrics import ScoringConfig
+    from .student import StudentArguments
 
 DEMO_POOL = "demo_pool.jsonl"
 
@@ -54,12 +56,12 @@ def side_by_side(tables: dict[str, pd.DataFrame], accuracy: dict[str, float] | N
     return "\n".join(lines)
 
 
-def run_demo(args: DemoArguments) -> Path:
+def run_demo(args: DemoArguments, student: StudentArguments, scoring: ScoringConfig) -> Path:
     """Run the demo and return the folder written."""
     from .cli import build_scorer
-    from .hub import SelectionConfig, push_selection
+    from .hub import push_selection
     from .scorer import score_dataset
-    from .selection import rank_teachers, select_responses
+    from .selection import SelectionConfig, rank_teachers, select_responses
 
     started = time.perf_counter()
     folder = Path(args.output_dir)
@@ -76,10 +78,10 @@ def run_demo(args: DemoArguments) -> Path:
         f"Demo pool: {len(pool)} responses, {len(set(pool['prompt_id']))} prompts, "
         f"{len(set(pool['teacher']))} teachers ({demo_pool_path().name})"
     )
-    scorer = build_scorer(args)
+    scorer = build_scorer(student, scoring)
     print(
         f"Student: {scorer.source.student if scorer.source else 'in-memory'}; "
-        f"metrics {', '.join(scorer.metrics)}; window {scorer.window}; splitter {args.splitter}"
+        f"metrics {', '.join(scorer.metrics)}; window {scoring.window}; splitter {scoring.splitter}"
     )
     scored = score_dataset(pool, scorer, chunk_rows=16)
 

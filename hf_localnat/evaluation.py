@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .answers import grade_response, reference_answer
 from .errors import LocalnatError
+from .student import StudentArguments
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,6 @@ class EvaluateArguments:
 
     MIN_VALUES = {"max_new_tokens": 1, "limit": 1, "batch_size": 1}  # checked by the CLI before anything loads
 
-    student: str | None = field(
-        default=None,
-        metadata={
-            "help": "Student model: a local folder, a .gguf file, or a cached Hub id. Default: embedded SmolLM2."
-        },
-    )
     benchmark: str = field(
         default="",
         metadata={"help": "Benchmark rows with a problem and an answer: .jsonl, .json, .parquet, .csv or a folder."},
@@ -295,8 +290,8 @@ def _write_records(records: list[dict], output: Path, overwrite: bool = False) -
         raise LocalnatError(f"--output {str(output)!r}: use a .jsonl (or .json, .parquet, .csv) file name.")
 
 
-def run_evaluate(args: EvaluateArguments) -> dict:
-    """Evaluate ``args.student`` on ``args.benchmark``: print a summary, write the records, return the metrics.
+def run_evaluate(args: EvaluateArguments, student: StudentArguments | None = None) -> dict:
+    """Evaluate ``student`` on ``args.benchmark``: print a summary, write the records, return the metrics.
 
     The returned dict is shaped like ``evaluate.load("accuracy").compute(...)``'s, plus the 95% interval and counts.
 
@@ -320,18 +315,19 @@ def run_evaluate(args: EvaluateArguments) -> dict:
 
         check_output(output, "file", inputs=[args.benchmark], overwrite=args.overwrite)
     problems, answers = load_benchmark(args.benchmark, args.problem_column, args.answer_column, args.limit)
-    model, tokenizer = load_student(args.student)
+    student = student or StudentArguments()
+    model, tokenizer = load_student(student.student)
     records, metrics = evaluate_student(
         model, tokenizer, problems, answers, args.max_new_tokens, args.batch_size, instruction=args.instruction
     )
     if output is not None:
         _write_records(records, output, args.overwrite)
     source = getattr(model, "hf_localnat_source", None)
-    student = source.student if source is not None else (args.student or "embedded")
+    name = source.student if source is not None else (student.student or "embedded")
     print(
         f"{Path(args.benchmark).stem}: accuracy {metrics['accuracy']:.1%} ({metrics['num_correct']}/"
         f"{metrics['num_problems']}, 95% CI {metrics['accuracy_ci_low']:.1%}-{metrics['accuracy_ci_high']:.1%}) "
-        f"for {student}; {metrics['num_no_answer']} without a readable answer, {metrics['num_truncated']} cut off "
+        f"for {name}; {metrics['num_no_answer']} without a readable answer, {metrics['num_truncated']} cut off "
         f"at --max_new_tokens {args.max_new_tokens}; {metrics['num_unmarked_answer']} answers read from unmarked "
         f"text (no \\boxed{{}} or final answer), {metrics['num_correct_unmarked']} of them counted correct."
     )

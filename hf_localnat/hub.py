@@ -8,6 +8,7 @@ the failed call is deleted again.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import importlib
@@ -23,7 +24,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,10 +34,10 @@ from huggingface_hub.errors import HfHubHTTPError
 from . import __version__
 from .data_io import atomic_dir
 from .errors import LocalnatError
-from .metrics import METRIC_COLUMNS
+from .metrics import METRIC_COLUMNS, ScoringConfig
 from .outputs import check_output
 from .scorer import scoring_provenance
-from .selection import is_higher_better, rank_teachers
+from .selection import SelectionConfig, is_higher_better, rank_teachers
 
 logger = logging.getLogger(__name__)
 
@@ -79,43 +79,16 @@ KEY_TRAINING_ARGS = (
 _T = TypeVar("_T")
 
 
-@dataclass
-class SelectionConfig:
-    """How the selected rows were chosen from the scored pool (the arguments of ``select_responses``).
-
-    Example:
-        >>> SelectionConfig(by="local_naturalness", k=1).command_args()
-        ['--by', 'local_naturalness', '--group_by', 'prompt_id', '--k', '1']
-    """
-
-    by: str = "local_naturalness"
-    group_by: str = "prompt_id"
-    k: int = 1
-    where: str | None = None
-    higher_is_better: bool | None = None  # None: from the metric's name
-
-    def command_args(self) -> list[str]:
-        """The ``hf-localnat select`` flags that repeat this selection."""
-        args = ["--by", self.by, "--group_by", self.group_by, "--k", str(self.k)]
-        args += ["--where", self.where] if self.where else []
-        return args + (["--higher_is_better", str(self.higher_is_better)] if self.higher_is_better is not None else [])
-
-    def is_higher_better(self) -> bool:
-        """The direction the selection used."""
-        return self.higher_is_better if self.higher_is_better is not None else _direction(self.by)
-
-
 def _selection_config(config: SelectionConfig | dict[str, Any] | None, selected: datasets.Dataset) -> SelectionConfig:
     if isinstance(config, SelectionConfig):
         return config
     if config is None:
         by = next((c for c in METRIC_COLUMNS.values() if c in selected.column_names), "local_naturalness")
         return SelectionConfig(by=by)
-    unknown = set(config) - set(SelectionConfig.__dataclass_fields__)
+    names = [f.name for f in dataclasses.fields(SelectionConfig)]
+    unknown = set(config) - set(names)
     if unknown:
-        raise LocalnatError(
-            f"selection_config has unknown keys {sorted(unknown)}; use by, group_by, k, where, higher_is_better."
-        )
+        raise LocalnatError(f"selection_config has unknown keys {sorted(unknown)}; use {', '.join(names)}.")
     return SelectionConfig(**config)
 
 
@@ -228,28 +201,36 @@ def _valid(value: Any) -> bool:
 
 
 def _command_line(source: str, scorer: dict[str, Any] | None, student: str | None, config: SelectionConfig) -> str:
+    """The ``score`` and ``select`` commands that reproduce a selection: only options that differ from defaults."""
     score = ["hf-localnat", "score", source]
     if student:
         score += ["--student", student]
+    note = ""
     if scorer:
-        score += ["--metrics", ",".join(scorer["metrics"]), "--window", str(scorer["window"])]
-        score += ["--splitter", str(scorer["splitter"])]
-        if not scorer.get("include_prompt", True):
-            score.append("--no_include_prompt")
-        if scorer.get("step_aggregate", "step_mean") != "step_mean":
-            score += ["--step_aggregate", scorer["step_aggregate"]]
-        if scorer.get("drop_first_token"):
-            score.append("--drop_first_token")
-        if scorer.get("min_step_chars", 4) != 4:
-            score += ["--min_step_chars", str(scorer["min_step_chars"])]
-        for column, default in (("prompt_column", "prompt"), ("response_column", "response")):
-            if scorer.get(column, default) != default:
-                score += [f"--{column}", scorer[column]]
-        if scorer.get("max_response_tokens") is not None:
-            score += ["--max_response_tokens", str(scorer["max_response_tokens"])]
+        splitter = str(scorer.get("splitter", ""))
+        if splitter.startswith("callable:"):  # a Python splitter has no flag: name it beside the command
+            scorer = {k: v for k, v in scorer.items() if k != "splitter"}
+            note = f"  # with the splitter {splitter[len('callable:'):]} (Python API)"
+        score += ScoringConfig.from_dict(scorer).command_args()
     score += ["--output", "scored.parquet"]
     select = ["hf-localnat", "select", "scored.parquet", *config.command_args(), "--output", "selected.parquet"]
-    return f"{shlex.join(score)}\n{shlex.join(select)}"
+    return f"{shlex.join(score)}{note}\n{shlex.join(select)}"
+
+
+def selection_yaml(config: SelectionConfig) -> str:
+    """The selection as a ``--config`` file for ``hf-localnat select`` (only options with a value).
+
+    Example:
+        >>> print(selection_yaml(SelectionConfig(by="rsr", where="correct == True")), end="")
+        by: rsr
+        group_by: prompt_id
+        k: 1
+        where: correct == True
+    """
+    import yaml
+
+    values = {key: value for key, value in config.to_dict().items() if value is not None}
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def build_selection_folder(
@@ -260,7 +241,7 @@ def build_selection_folder(
     selection_config: SelectionConfig | dict[str, Any] | None = None,
     source_dataset: str | None = None,
     teacher_column: str = "teacher",
-    response_column: str = "response",
+    response_column: str = ScoringConfig.response_column,
     pretty_name: str | None = None,
 ) -> DatasetCard:
     """Write the card, the parquet shards and the histogram of a selection into ``folder``; return the card.
@@ -329,7 +310,7 @@ def build_selection_folder(
         "student": provenance.get("student"),
         "student_revision": provenance.get("revision"),
         "scorer": scorer_config,
-        "selection": {**asdict(config), "higher_is_better": config.is_higher_better()},
+        "selection": {**config.to_dict(), "higher_is_better": config.is_higher_better()},
         "num_rows_before": len(scored) if scored is not None else None,
         "num_rows_after": len(selected),
         "selected_ids_sha256": selected_ids_sha256(selected, config.group_by, teacher_column),
@@ -361,6 +342,7 @@ def build_selection_folder(
         rankings=rankings,
         histogram=histogram,
         command=_command_line(source_name, scorer_config, block["student"], config),
+        selection_yaml=selection_yaml(config),
         id_definition=ID_DEFINITION,
         metrics=(scorer_config or {}).get("metrics", []),
         drop_first_token=(scorer_config or {}).get("drop_first_token", False),
@@ -368,13 +350,6 @@ def build_selection_folder(
     card.save(folder / "README.md")
     logger.debug("wrote %s", data_files)
     return card
-
-
-def _direction(metric: str) -> bool:
-    try:
-        return is_higher_better(metric)
-    except LocalnatError:
-        return True
 
 
 def _template(name: str) -> Path:
@@ -430,11 +405,11 @@ def resolve_token(repo_id: str, token: str | None = None) -> str:
     except HFValidationError:
         valid = False
     if not valid:
-        raise LocalnatError(f"--repo-id {repo_id!r}: use NAMESPACE/NAME, e.g. my-org/math-selection.")
+        raise LocalnatError(f"--repo_id {repo_id!r}: use NAMESPACE/NAME, e.g. my-org/math-selection.")
     token = token or get_token()
     if not token:
         raise LocalnatError(
-            "no Hugging Face token: set HF_TOKEN or run `hf auth login` (or write the folder with --to-dir DIR)."
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login` (or write the folder with --to_dir DIR)."
         )
     return token
 
@@ -503,7 +478,7 @@ def upload_folder_to_hub(
         if status in (401, 403):
             raise LocalnatError(
                 f"{repo_id}: the Hub refused the upload ({status}): this token cannot write to it. Use a token "
-                "with write access, or another --repo-id."
+                "with write access, or another --repo_id."
             ) from err
         raise LocalnatError(f"upload to {repo_id} failed after {attempts} attempts ({_reason(err)}).") from err
     return str(url)
@@ -526,7 +501,7 @@ def push_selection(
     overwrite: bool = False,
     token: str | None = None,
     teacher_column: str = "teacher",
-    response_column: str = "response",
+    response_column: str = ScoringConfig.response_column,
 ) -> str:
     """Publish a selected dataset with its provenance card: to the Hub (``repo_id``) or a folder (``to_dir``).
 

@@ -18,14 +18,17 @@ scored, and a window that does not fit leaves its step ``None``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from .engine import ScoreRequest, TokenScores
 from .errors import LocalnatError
+from .segmentation import DEFAULT_MIN_STEP_CHARS, DEFAULT_SPLITTER
 
 METRIC_COLUMNS = {"global": "global_naturalness", "local": "local_naturalness", "rsr": "rsr"}
 RSR_RANK_CAP = 100
@@ -83,6 +86,163 @@ def window_size(window: int | float, num_preceding: int) -> int:
         # The epsilon keeps 0.3 * 10 (= 3.0000000000000004) from rounding up to 4.
         return min(num_preceding, math.ceil(window * num_preceding - 1e-9))
     return min(num_preceding, window)
+
+
+def parse_window(text: str | int | float) -> int | float:
+    """A window as given on the command line or in code: ``"4"`` -> 4, ``"0.5"`` -> 0.5, numbers as they are.
+
+    Example:
+        >>> parse_window("4"), parse_window("0.5"), parse_window(2)
+        (4, 0.5, 2)
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return text
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        raise LocalnatError(f"--window {text!r} is not a number. Use an int >= 1 or a float in (0, 1).") from None
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How responses are scored: the one definition of every scoring option, with its default and help.
+
+    ``NaturalnessScorer(config=...)``, the ``score``, ``demo`` and ``train`` commands, ``ReselectConfig``, the
+    scorer's fingerprint, the ``dataset.info`` provenance and the cards' "reproduce" commands all come from these
+    fields. Values are checked (and put in canonical form) when the config is made.
+
+    Example:
+        >>> config = ScoringConfig(metrics="rsr,local", window="0.5")
+        >>> config.metrics, config.window, config.metric_names
+        ('local,rsr', 0.5, ('local', 'rsr'))
+        >>> ScoringConfig(splitter="paragraph", min_step_chars=6).command_args()
+        ['--splitter', 'paragraph', '--min_step_chars', '6']
+    """
+
+    metrics: str = field(default="global,local", metadata={"help": "Comma-separated metrics: global, local, rsr."})
+    window: str = field(
+        default="4", metadata={"help": "Previous steps in a local context: an int >= 1, or a fraction in (0, 1)."}
+    )
+    splitter: str = field(
+        default=DEFAULT_SPLITTER,
+        metadata={"help": "Step splitter: sentence, paragraph, line, regex:<pattern> or tokens:<n>."},
+    )
+    min_step_chars: int = field(
+        default=DEFAULT_MIN_STEP_CHARS, metadata={"help": "Pieces shorter than this join the step before them."}
+    )
+    include_prompt: bool = field(default=True, metadata={"help": "Start local contexts with the prompt (else BOS)."})
+    step_aggregate: str = field(
+        default="step_mean", metadata={"help": "step_mean (mean of step means) or token_mean (mean over tokens)."}
+    )
+    drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
+    return_steps: bool = field(default=False, metadata={"help": "Also write step_spans and step_logprobs."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt text."})
+    response_column: str = field(default="response", metadata={"help": "Column holding the response text."})
+    max_tokens_per_batch: int = field(default=16384, metadata={"help": "Padded tokens per forward pass."})
+    max_response_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Responses longer than this (student tokens) get None for global and rsr. Default: whatever "
+            "fits the student's context after the prompt; nothing longer than the context is ever read."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)  # frozen: the canonical form is set once, here
+
+        put("metrics", ",".join(normalize_metrics(self.metrics)))
+        put("window", validate_window(parse_window(self.window)))
+        from .segmentation import splitter_name
+
+        splitter_name(self.splitter)  # checks the spec (a tokens:<n> splitter needs the tokenizer only later)
+        if isinstance(self.min_step_chars, bool) or not isinstance(self.min_step_chars, int) or self.min_step_chars < 1:
+            raise LocalnatError(f"min_step_chars={self.min_step_chars!r} must be an integer >= 1.")
+        if self.step_aggregate not in STEP_AGGREGATES:
+            raise LocalnatError(f"step_aggregate={self.step_aggregate!r} is unknown. Use 'step_mean' or 'token_mean'.")
+        for name in ("max_tokens_per_batch", "max_response_tokens"):
+            value = getattr(self, name)
+            if value is None and name == "max_response_tokens":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LocalnatError(f"{name}={value!r} must be a positive number of tokens.")
+        for name in ("include_prompt", "drop_first_token", "return_steps"):
+            if not isinstance(getattr(self, name), bool):
+                raise LocalnatError(f"{name}={getattr(self, name)!r}: use True or False.")
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metrics as a tuple of short names, in canonical order."""
+        return tuple(self.metrics.split(","))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form that goes into fingerprints, ``dataset.info`` provenance and cards (JSON-ready)."""
+        from .segmentation import splitter_name
+
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["metrics"] = list(self.metric_names)
+        out["splitter"] = splitter_name(self.splitter)
+        out["rsr_rank_cap"] = RSR_RANK_CAP
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScoringConfig:
+        """The config a :meth:`to_dict` (a provenance record) describes; keys it does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        kept = {k: v for k, v in values.items() if k in known}
+        if isinstance(kept.get("metrics"), list | tuple):
+            kept["metrics"] = ",".join(kept["metrics"])
+        return cls(**kept)
+
+    def changed(self) -> dict[str, Any]:
+        """The options that differ from their defaults, in field order."""
+        default = ScoringConfig()
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value != getattr(default, name)}
+
+    def command_args(self, skip: Sequence[str] = ()) -> list[str]:
+        """The command-line flags that repeat this config: those of the options that differ from their defaults."""
+        args: list[str] = []
+        for name, value in self.changed().items():
+            if name not in skip:
+                args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+        return args
+
+
+def with_fields_of(
+    *configs: type, skip: Sequence[str] = (), only: Sequence[str] | None = None
+) -> Callable[[type], type]:
+    """Copy other config dataclasses' fields (name, type, default, help) into a class before ``@dataclass``.
+
+    TRL composes its configs by inheritance; ``ScoringConfig`` and ``SelectionConfig`` are frozen, and a dataclass
+    cannot have frozen and non-frozen bases at once, so their fields are copied instead, never retyped.
+
+    Example:
+        >>> @dataclass
+        ... @with_fields_of(ScoringConfig, only=["window"])
+        ... class Options:
+        ...     seed: int = 0
+        >>> [f.name for f in fields(Options)], Options().window
+        (['seed', 'window'], '4')
+    """
+
+    def decorate(cls: type) -> type:
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for config in configs:
+            hints = typing.get_type_hints(config)
+            for item in fields(config):
+                if item.name in skip or (only is not None and item.name not in only) or item.name in annotations:
+                    continue
+                annotations[item.name] = hints[item.name]
+                setattr(cls, item.name, field(default=item.default, metadata=item.metadata))
+        cls.__annotations__ = annotations
+        return cls
+
+    return decorate
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:

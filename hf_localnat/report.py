@@ -44,9 +44,9 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data_io import FILE_FORMATS, atomic_dir, load_rows
 from .errors import LocalnatError
-from .metrics import METRIC_COLUMNS
+from .metrics import METRIC_COLUMNS, ScoringConfig, with_fields_of
 from .outputs import check_output
-from .selection import is_higher_better, rank_teachers, select_responses
+from .selection import SelectionConfig, is_higher_better, rank_teachers, select_responses
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -552,9 +552,9 @@ def _ranking_figure(ctx: _Context, section: _Section, records: dict[str, dict], 
 
 def _need_groups_and_teachers(ctx: _Context) -> None:
     if not ctx.has_teachers:
-        raise _Skip(f"no teacher column {ctx.teacher_column!r} (pass teacher_column / --teacher-column).")
+        raise _Skip(f"no teacher column {ctx.teacher_column!r} (pass teacher_column / --teacher_column).")
     if not ctx.has_groups:
-        raise _Skip(f"no prompt column {ctx.group_by!r} (pass group_by / --group-by).")
+        raise _Skip(f"no prompt column {ctx.group_by!r} (pass group_by / --group_by).")
 
 
 def _num_shared_prompts(ctx: _Context) -> int:
@@ -1237,9 +1237,9 @@ def build_report(
     scored: datasets.Dataset,
     output_dir: str | os.PathLike,
     *,
-    group_by: str = "prompt_id",
+    group_by: str = SelectionConfig.group_by,
     teacher_column: str = "teacher",
-    response_column: str = "response",
+    response_column: str = ScoringConfig.response_column,
     rows: Sequence[int] | None = None,
     html_steps: bool = False,
     n_boot: int = 1000,
@@ -1332,6 +1332,8 @@ def build_report(
 
 
 @dataclass
+@with_fields_of(SelectionConfig, only=("group_by",))
+@with_fields_of(ScoringConfig, only=("response_column",))
 class ReportArguments:
     """``hf-localnat report SCORED --output DIR``: an HTML report on scored rows, with figures and a JSON."""
 
@@ -1341,9 +1343,7 @@ class ReportArguments:
         default="", metadata={"help": "Scored rows (positional): a data file, a save_to_disk folder or a Hub id."}
     )
     output: str = field(default="", metadata={"help": "Report folder to create (report.html, *.png, report.json)."})
-    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the prompt."})
     teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
-    response_column: str = field(default="response", metadata={"help": "Column holding the response text."})
     rows: str | None = field(
         default=None,
         metadata={"help": "Rows for the step profile, comma-separated indices (default: best and worst of a prompt)."},
@@ -1383,7 +1383,7 @@ def _validate_columns(ds: datasets.Dataset, source: str, args: ReportArguments, 
             f"Score it first: hf-localnat score {source} --metrics global,local,rsr --return_steps --output SCORED."
         )
     defaults = ReportArguments()
-    for name, flag in (("group_by", "--group-by"), ("teacher_column", "--teacher-column")):
+    for name, flag in (("group_by", "--group_by"), ("teacher_column", "--teacher_column")):
         value = getattr(args, name)
         if value != getattr(defaults, name) and value not in ds.column_names:
             raise LocalnatError(f"{source}: column {value!r} not found (columns: {columns}). Pass {flag} NAME.")
@@ -1401,7 +1401,7 @@ def _validate_columns(ds: datasets.Dataset, source: str, args: ReportArguments, 
     if args.html_steps and args.response_column not in ds.column_names:
         raise LocalnatError(
             f"{source}: column {args.response_column!r} not found (columns: {columns}); --html_steps colours the "
-            "response text. Pass --response-column NAME."
+            "response text. Pass --response_column NAME."
         )
 
 

@@ -32,19 +32,9 @@ from . import __version__
 from .distributed import main_decides
 from .engine import LogProbEngine, ScoreRequest
 from .errors import LocalnatError
-from .metrics import (
-    METRIC_COLUMNS,
-    RSR_RANK_CAP,
-    STEP_AGGREGATES,
-    normalize_metrics,
-    plan_row,
-    prompt_ids,
-    row_metrics,
-    start_ids,
-    validate_window,
-)
+from .metrics import METRIC_COLUMNS, ScoringConfig, plan_row, prompt_ids, row_metrics, start_ids
 from .outputs import RunLock
-from .segmentation import get_splitter, splitter_name
+from .segmentation import get_splitter
 from .student import StudentSource, context_length, load_student
 
 logger = logging.getLogger(__name__)
@@ -101,27 +91,19 @@ class NaturalnessScorer:
 
     Args:
         model, tokenizer: the student. Leave both ``None`` and set ``student`` to load lazily.
-        metrics: any of ``"global"``, ``"local"``, ``"rsr"`` (list or comma-separated string).
-        window: previous steps in a local context: an int >= 1, or a float in (0, 1) for a fraction, rounded up.
-        splitter: ``"sentence"``, ``"paragraph"``, ``"line"``, ``"regex:<pattern>"``, ``"tokens:<n>"`` or a callable.
-        min_step_chars: pieces shorter than this join the step before them.
-        include_prompt: local contexts start with the prompt (True) or with BOS only (False).
-        step_aggregate: ``"step_mean"`` (mean of step means) or ``"token_mean"`` (mean over tokens).
-        drop_first_token: leave each step's first token out of its mean (ASLEC's correction).
-        return_steps: also add ``step_spans`` and ``step_logprobs``.
-        prompt_column, response_column: where the text is.
-        max_tokens_per_batch: padded tokens per forward pass.
-        max_response_tokens: responses longer than this (in student tokens) get ``None`` for the full-context
-            metrics (global, rsr). Whatever the value, nothing longer than the student's context is ever read:
-            a row whose prompt plus response does not fit gets ``None`` there too, and a local window that does
-            not fit leaves its step ``None``. ``length_counts`` counts both.
+        config: a :class:`ScoringConfig` (its fields are documented there: metrics, window, splitter, ...).
         student: a name for :func:`load_student` (used to load lazily and to identify the model).
+        **options: any :class:`ScoringConfig` field, applied on top of ``config`` (``window=2``).
 
-    A response that is empty or only whitespace has no step to score: its scores are ``None``.
+    The length guard: nothing longer than the student's context is ever read. A row whose prompt plus response
+    does not fit (or whose response is longer than ``max_response_tokens``) gets ``None`` for the full-context
+    metrics (global, rsr); a local window that does not fit leaves its step ``None``. ``length_counts`` counts
+    both. A response that is empty or only whitespace has no step to score: its scores are ``None``.
 
     Example:
         >>> model, tokenizer = load_student()  # doctest: +SKIP
-        >>> scorer = NaturalnessScorer(model, tokenizer, metrics=("global", "local"), window=4)  # doctest: +SKIP
+        >>> config = ScoringConfig(metrics="global,local", window=4)
+        >>> scorer = NaturalnessScorer(model, tokenizer, config)  # doctest: +SKIP
         >>> scored = ds.map(scorer, batched=True, batch_size=32)  # doctest: +SKIP
         >>> scored[0]["local_naturalness"]  # doctest: +SKIP
         -1.83
@@ -131,41 +113,22 @@ class NaturalnessScorer:
         self,
         model: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
+        config: ScoringConfig | None = None,
         *,
-        metrics: str | Sequence[str] = ("global", "local"),
-        window: int | float = 4,
-        splitter: str | Callable[[str], Sequence[tuple[int, int]]] = "sentence",
-        min_step_chars: int = 4,
-        include_prompt: bool = True,
-        step_aggregate: str = "step_mean",
-        drop_first_token: bool = False,
-        return_steps: bool = False,
-        prompt_column: str = "prompt",
-        response_column: str = "response",
-        max_tokens_per_batch: int = 16384,
-        max_response_tokens: int | None = None,
         student: str | None = None,
+        **options: Any,
     ) -> None:
         if (model is None) != (tokenizer is None):
             raise LocalnatError("pass both model and tokenizer, or neither (and student=... to load lazily).")
-        if step_aggregate not in STEP_AGGREGATES:
-            raise LocalnatError(f"step_aggregate={step_aggregate!r} is unknown. Use 'step_mean' or 'token_mean'.")
-        if max_tokens_per_batch < 1:
-            raise LocalnatError(f"max_tokens_per_batch={max_tokens_per_batch} must be a positive number of tokens.")
-        if max_response_tokens is not None and (isinstance(max_response_tokens, bool) or max_response_tokens < 1):
-            raise LocalnatError(f"max_response_tokens={max_response_tokens} must be a positive number of tokens.")
-        self.metrics = normalize_metrics(metrics)
-        self.window = validate_window(window)
-        self.splitter = splitter
-        self.min_step_chars = min_step_chars
-        self.include_prompt = include_prompt
-        self.step_aggregate = step_aggregate
-        self.drop_first_token = drop_first_token
-        self.return_steps = return_steps
-        self.prompt_column = prompt_column
-        self.response_column = response_column
-        self.max_tokens_per_batch = max_tokens_per_batch
-        self.max_response_tokens = max_response_tokens
+        if config is not None and not isinstance(config, ScoringConfig):
+            raise LocalnatError(f"config={config!r}: pass a ScoringConfig (or its fields as keyword arguments).")
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ScoringConfig)})
+        if unknown:
+            raise LocalnatError(
+                f"NaturalnessScorer got unknown option(s) {', '.join(unknown)}. The options are ScoringConfig's: "
+                f"{', '.join(f.name for f in dataclasses.fields(ScoringConfig))}."
+            )
+        self.config: ScoringConfig = dataclasses.replace(config or ScoringConfig(), **options)
         self.length_counts = LengthCounts()
         self._warned_length = self._warned_context = False
         self.model = model
@@ -175,7 +138,13 @@ class NaturalnessScorer:
         if source is None and model is None:
             source = StudentSource(student or "embedded")
         self.source: StudentSource | None = source
-        get_splitter(splitter, min_step_chars=min_step_chars, tokenizer=tokenizer)  # fail fast on a bad spec
+        if tokenizer is not None:  # a tokens:<n> splitter needs the tokenizer: check it now that there is one
+            get_splitter(self.config.splitter, min_step_chars=self.config.min_step_chars, tokenizer=tokenizer)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics this scorer computes (short names)."""
+        return self.config.metric_names
 
     # -- identity and pickling: never the weights --------------------------------------------------------
 
@@ -196,28 +165,10 @@ class NaturalnessScorer:
         }
 
     @property
-    def config(self) -> dict[str, Any]:
-        """The scoring configuration, as it goes into fingerprints and dataset cards."""
-        return {
-            "metrics": list(self.metrics),
-            "window": self.window,
-            "splitter": splitter_name(self.splitter),
-            "min_step_chars": self.min_step_chars,
-            "include_prompt": self.include_prompt,
-            "step_aggregate": self.step_aggregate,
-            "drop_first_token": self.drop_first_token,
-            "return_steps": self.return_steps,
-            "prompt_column": self.prompt_column,
-            "response_column": self.response_column,
-            "max_response_tokens": self.max_response_tokens,
-            "rsr_rank_cap": RSR_RANK_CAP,
-        }
-
-    @property
     def output_columns(self) -> list[str]:
         """The columns this scorer adds, in order."""
         cols = [METRIC_COLUMNS[m] for m in self.metrics] + ["num_response_tokens", "num_steps"]
-        return cols + (["step_spans", "step_logprobs"] if self.return_steps else [])
+        return cols + (["step_spans", "step_logprobs"] if self.config.return_steps else [])
 
     def __getstate__(self) -> dict[str, Any]:
         # datasets hashes the pickled scorer for its cache fingerprint, and num_proc workers unpickle it:
@@ -256,7 +207,7 @@ class NaturalnessScorer:
     @property
     def engine(self) -> LogProbEngine:
         if self._engine is None or self._engine.model is not self.model:
-            self._engine = LogProbEngine(self.model, max_tokens_per_batch=self.max_tokens_per_batch)
+            self._engine = LogProbEngine(self.model, max_tokens_per_batch=self.config.max_tokens_per_batch)
         return self._engine
 
     # -- scoring -----------------------------------------------------------------------------------------
@@ -264,15 +215,16 @@ class NaturalnessScorer:
     def __call__(self, batch: dict[str, Any], rank: int | None = None) -> dict[str, Any]:
         """Score a batch of rows (``batched=True``) or one row; returns the new columns only."""
         self._ensure_loaded(rank)
-        for column in (self.prompt_column, self.response_column):
+        for column in (self.config.prompt_column, self.config.response_column):
             if column not in batch:
                 raise LocalnatError(
                     f"column {column!r} not found (columns: {', '.join(batch)}). "
-                    f"Pass {'prompt' if column == self.prompt_column else 'response'}_column=... naming the right one."
+                    f"Pass {'prompt' if column == self.config.prompt_column else 'response'}_column=... naming "
+                    "the right one."
                 )
-        single = not isinstance(batch[self.prompt_column], list)
-        prompts = [batch[self.prompt_column]] if single else batch[self.prompt_column]
-        responses = [batch[self.response_column]] if single else batch[self.response_column]
+        single = not isinstance(batch[self.config.prompt_column], list)
+        prompts = [batch[self.config.prompt_column]] if single else batch[self.config.prompt_column]
+        responses = [batch[self.config.response_column]] if single else batch[self.config.response_column]
         before = dataclasses.replace(self.length_counts)
         columns = self.score(prompts, responses)
         if self.length_counts != before and not self._warned_length:
@@ -291,8 +243,8 @@ class NaturalnessScorer:
         """
         self._ensure_loaded()
         tokenizer = self.tokenizer
-        splitter = get_splitter(self.splitter, min_step_chars=self.min_step_chars, tokenizer=tokenizer)
-        bos = start_ids(tokenizer) if ("local" in self.metrics and not self.include_prompt) else []
+        splitter = get_splitter(self.config.splitter, min_step_chars=self.config.min_step_chars, tokenizer=tokenizer)
+        bos = start_ids(tokenizer) if ("local" in self.metrics and not self.config.include_prompt) else []
         prompt_cache: dict[str, list[int]] = {}
         requests: list[ScoreRequest] = []
         plans = []
@@ -305,14 +257,15 @@ class NaturalnessScorer:
                 type(self.model).__name__,
             )
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
-            for column, value in ((self.prompt_column, prompt), (self.response_column, response)):
+            for column, value in ((self.config.prompt_column, prompt), (self.config.response_column, response)):
                 if value is not None and not isinstance(value, str):
                     raise LocalnatError(
                         f"row {i} of the batch, column {column!r}: expected a string, got "
                         f"{type(value).__name__} ({str(value)[:40]!r}). Convert the column to text."
                     )
             if prompt is None:
-                raise LocalnatError(f"row {i} of the batch, column {self.prompt_column!r}: the prompt is missing.")
+                column = self.config.prompt_column
+                raise LocalnatError(f"row {i} of the batch, column {column!r}: the prompt is missing.")
             if response is None or not response.strip():
                 response = ""  # nothing but whitespace is no answer: no step to score, as for an empty one
             if prompt not in prompt_cache:
@@ -327,12 +280,12 @@ class NaturalnessScorer:
                     starts,
                     spans,
                     self.metrics,
-                    self.window,
-                    self.include_prompt,
+                    self.config.window,
+                    self.config.include_prompt,
                     bos,
                     requests,
                     context=context,
-                    max_response_tokens=self.max_response_tokens,
+                    max_response_tokens=self.config.max_response_tokens,
                 )
             )
             self.length_counts.add(plans[-1])
@@ -344,14 +297,16 @@ class NaturalnessScorer:
 
         columns: dict[str, list[Any]] = {c: [] for c in self.output_columns}
         for i, plan in enumerate(plans):
-            values, step_means = row_metrics(plan, results, self.metrics, self.step_aggregate, self.drop_first_token)
+            values, step_means = row_metrics(
+                plan, results, self.metrics, self.config.step_aggregate, self.config.drop_first_token
+            )
             if all(v is None for v in values.values()):
                 logger.warning("row %d of the batch has no scorable response token; its scores are None.", i)
             for column, value in values.items():
                 columns[column].append(value)
             columns["num_response_tokens"].append(plan.num_tokens)
             columns["num_steps"].append(len(plan.step_tokens))
-            if self.return_steps:
+            if self.config.return_steps:
                 columns["step_spans"].append([list(span) for span in plan.step_spans])
                 columns["step_logprobs"].append(step_means if "local" in self.metrics else None)
         return columns
@@ -362,7 +317,7 @@ def output_features(scorer: NaturalnessScorer) -> datasets.Features:
     features = {METRIC_COLUMNS[m]: datasets.Value("float64") for m in scorer.metrics}
     features["num_response_tokens"] = datasets.Value("int64")
     features["num_steps"] = datasets.Value("int64")
-    if scorer.return_steps:
+    if scorer.config.return_steps:
         features["step_spans"] = datasets.List(datasets.List(datasets.Value("int64")))
         features["step_logprobs"] = datasets.List(datasets.Value("float64"))
     return datasets.Features(features)
@@ -496,7 +451,7 @@ def _score_chunks(
         for start in mine:
             rows = ds[start : start + chunk_rows]
             before = dataclasses.replace(scorer.length_counts)
-            columns = scorer.score(rows[scorer.prompt_column], rows[scorer.response_column])
+            columns = scorer.score(rows[scorer.config.prompt_column], rows[scorer.config.response_column])
             chunk_counts = LengthCounts(
                 *(getattr(scorer.length_counts, f.name) - getattr(before, f.name) for f in dataclasses.fields(before))
             )
@@ -549,7 +504,7 @@ def _score_chunks(
     scored.info.description = json.dumps(
         {
             PROVENANCE_KEY: {
-                "scorer": scorer.config,
+                "scorer": scorer.config.to_dict(),
                 "student": source.student if source else None,
                 "revision": source.revision if source else None,
             }

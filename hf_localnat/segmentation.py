@@ -36,6 +36,8 @@ Span = tuple[int, int]
 SplitterSpec = str | Callable[[str], Sequence[tuple[int, int]]]
 
 BUILTIN_SPLITTERS = ("sentence", "paragraph", "line")
+DEFAULT_SPLITTER = "sentence"  # ScoringConfig's defaults, kept here where the splitters are
+DEFAULT_MIN_STEP_CHARS = 4
 _SPEC_HELP = "Use one of: sentence, paragraph, line, regex:<pattern>, tokens:<n>, or a callable."
 _PARTITION_HELP = "A splitter must return [start, end) spans that partition the response."
 
@@ -225,7 +227,7 @@ def _callable_splitter(fn: Callable[[str], Sequence[tuple[int, int]]]) -> Callab
 
 
 def get_splitter(
-    spec: SplitterSpec = "sentence", *, min_step_chars: int = 4, tokenizer: Any = None
+    spec: SplitterSpec = DEFAULT_SPLITTER, *, min_step_chars: int = DEFAULT_MIN_STEP_CHARS, tokenizer: Any = None
 ) -> Callable[[str], list[Span]]:
     """A function ``text -> spans`` for a splitter spec; the spec is checked now, so mistakes fail early.
 
@@ -250,7 +252,11 @@ def get_splitter(
 
 
 def split_steps(
-    text: str, splitter: SplitterSpec = "sentence", *, min_step_chars: int = 4, tokenizer: Any = None
+    text: str,
+    splitter: SplitterSpec = DEFAULT_SPLITTER,
+    *,
+    min_step_chars: int = DEFAULT_MIN_STEP_CHARS,
+    tokenizer: Any = None,
 ) -> list[Span]:
     """Split ``text`` into step spans ``[start, end)`` that partition it (see :func:`get_splitter`).
 

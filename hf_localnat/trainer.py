@@ -7,6 +7,7 @@ config, checkpoint restore, and completion-only loss through labels that mask th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from trainer_callbacks.history import HISTORY_FILE
 
 from .errors import LocalnatError
 from .hub import TRAINING_ARGS_FILE, student_base_model, student_card, training_args_summary
-from .metrics import validate_window
+from .metrics import ScoringConfig, with_fields_of
+from .selection import SelectionConfig
 
 SLOT_KEY, ROW_KEY = "reselect_slot", "reselect_row"
 
@@ -47,19 +49,23 @@ class _SlotCollator:
 
 
 @dataclass
+@with_fields_of(ScoringConfig, SelectionConfig, skip=("metrics", "return_steps"))
 class ReselectConfig(SFTConfig):
     """``SFTConfig`` plus how the training selection is made and re-made.
 
+    It holds every :class:`ScoringConfig` field (the metric is the one ``by`` names) and every
+    :class:`SelectionConfig` field (``where`` filters the candidates of every round), copied from those classes.
     The candidate pool is served through a dataset transform, so ``remove_unused_columns`` is forced off and
     ``dataset_kwargs["skip_prepare_dataset"]`` on: examples arrive tokenized, with the prompt masked in labels.
 
     Example:
-        >>> ReselectConfig(output_dir="out", reselect_every_steps=50, by="local_naturalness", window=4).k
-        1
+        >>> config = ReselectConfig(output_dir="out", reselect_every_steps=50, by="local_naturalness", window=4)
+        >>> config.scoring_config().metrics, config.selection_config().k
+        ('local', 1)
     """
 
     # Checked by the CLI before anything loads.
-    MIN_VALUES = {"reselect_every_steps": 1, "k": 1, "scoring_max_tokens_per_batch": 1}
+    MIN_VALUES = {"reselect_every_steps": 1}
 
     reselect_every_steps: int | None = field(
         default=None,
@@ -71,25 +77,7 @@ class ReselectConfig(SFTConfig):
     reselect_fraction: float = field(
         default=1.0, metadata={"help": "Share of prompts re-scored per round, at random (bounds the cost)."}
     )
-    by: str = field(
-        default="local_naturalness",
-        metadata={"help": "Selection score: local_naturalness, global_naturalness or rsr."},
-    )
-    window: float = field(
-        default=4, metadata={"help": "Local window: previous steps (int >= 1) or a fraction of them in (0, 1)."}
-    )
-    splitter: str = field(default="sentence", metadata={"help": "Step splitter (sentence, paragraph, line, ...)."})
-    include_prompt: bool = field(default=True, metadata={"help": "Local contexts start with the prompt."})
-    step_aggregate: str = field(default="step_mean", metadata={"help": "step_mean or token_mean."})
-    drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
-    group_by: str = field(default="prompt_id", metadata={"help": "Pool column naming the prompt."})
-    k: int = field(default=1, metadata={"help": "Responses selected per prompt."})
     teacher_column: str = field(default="teacher", metadata={"help": "Pool column naming the teacher."})
-    prompt_column: str = field(default="prompt", metadata={"help": "Pool column holding the prompt text."})
-    response_column: str = field(default="response", metadata={"help": "Pool column holding the response."})
-    scoring_max_tokens_per_batch: int = field(
-        default=16384, metadata={"help": "Padded tokens per forward pass while re-scoring."}
-    )
     selection_repo: str | None = field(
         default=None,
         metadata={"help": "Hub id of the dataset the pool or selection came from; the model card's `datasets`."},
@@ -107,15 +95,23 @@ class ReselectConfig(SFTConfig):
             # does not use the (gloo) process group and every process trains alone on the whole selection.
             self.use_cpu = True
         super().__post_init__()
-        self.window = validate_window(self.window)  # 4.0 from the CLI becomes 4
+        self.window = self.scoring_config().window  # checks every scoring option; "4" from the CLI becomes 4
+        self.selection_config()  # checks k, where and higher_is_better
         if self.reselect_every not in ("steps", "epoch"):
             raise LocalnatError(f"reselect_every={self.reselect_every!r}: use 'steps' or 'epoch'.")
         if not 0 < self.reselect_fraction <= 1:
             raise LocalnatError(f"reselect_fraction={self.reselect_fraction}: use a number in (0, 1].")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise LocalnatError(f"k={self.k!r}: the number of responses selected per prompt must be an int >= 1.")
         self.remove_unused_columns = False
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+    def scoring_config(self) -> ScoringConfig:
+        """The :class:`ScoringConfig` of the reselection rounds: these fields, and the metric ``by`` names."""
+        names = [f.name for f in dataclasses.fields(ScoringConfig) if f.name not in ("metrics", "return_steps")]
+        return ScoringConfig(metrics=self.by, **{name: getattr(self, name) for name in names})
+
+    def selection_config(self) -> SelectionConfig:
+        """The :class:`SelectionConfig` of every round."""
+        return SelectionConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SelectionConfig)})
 
 
 class ReselectingSFTTrainer(SFTTrainer):
@@ -150,23 +146,14 @@ class ReselectingSFTTrainer(SFTTrainer):
         self.reselect_callback = ReselectCallback(
             candidate_dataset,
             processing_class,
-            by=args.by,
+            scoring=args.scoring_config(),
+            selection=args.selection_config(),
             every_steps=args.reselect_every_steps,
             every=args.reselect_every,
             fraction=args.reselect_fraction,
-            group_by=args.group_by,
-            k=args.k,
             teacher_column=args.teacher_column,
-            prompt_column=args.prompt_column,
-            response_column=args.response_column,
             max_length=args.max_length,
             seed=args.seed,
-            window=args.window,
-            splitter=args.splitter,
-            include_prompt=args.include_prompt,
-            step_aggregate=args.step_aggregate,
-            drop_first_token=args.drop_first_token,
-            max_tokens_per_batch=args.scoring_max_tokens_per_batch,
         )
         self.history_callback = SelectionHistoryCallback(self.reselect_callback)
         super().__init__(
@@ -208,8 +195,14 @@ class ReselectingSFTTrainer(SFTTrainer):
         selected = self.reselect_callback.state.selected
         if all(selected[slot] == row for slot, row in zip(slots, rows, strict=True)):
             return batch
-        fresh = self.data_collator([self.reselect_callback.example(selected[slot]) for slot in slots])
+        fresh = self.data_collator([self.reselect_callback.slot_example(slot) for slot in slots])
         return send_to_device(fresh, batch["input_ids"].device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # A batch made only of empty slots (every label masked) has no token to learn from: its loss is 0, not 0/0.
+        if num_items_in_batch is not None and int(num_items_in_batch) == 0:
+            num_items_in_batch = torch.ones_like(num_items_in_batch) if torch.is_tensor(num_items_in_batch) else 1
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """``SFTTrainer.train``; a resumed run continues the selection saved with the checkpoint."""

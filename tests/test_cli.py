@@ -387,7 +387,7 @@ ERROR_CASES = {
     "missing-input": (["score", "{dir}/missing.jsonl", "--output", "{out}"], ["missing.jsonl", "not found"]),
     "missing-column": (
         ["score", "{in}", "--response-column", "nope", "--output", "{out}"],
-        ["in.jsonl", "'nope'", "--response-column"],
+        ["in.jsonl", "'nope'", "--response_column"],
     ),
     "malformed-json": (["score", "{dir}/bad.jsonl", "--output", "{out}"], ["bad.jsonl", "line 3", "malformed JSON"]),
     "non-string-response": (

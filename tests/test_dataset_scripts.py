@@ -278,7 +278,7 @@ def test_processbench_to_long_keeps_steps_recoverable(tmp_path, capsys):
 def test_script_help_and_error_in_a_real_process(tmp_path):
     script = str(SCRIPTS / "messages_to_long.py")
     done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "--teacher-from-filename" in done.stdout and "--reference-column" in done.stdout
+    assert done.returncode == 0 and "--teacher_from_filename" in done.stdout and "--reference_column" in done.stdout
     done = subprocess.run(
         [sys.executable, script, str(tmp_path / "missing.jsonl"), str(tmp_path / "o.jsonl"), "--teacher", "t"],
         capture_output=True,

@@ -19,6 +19,7 @@ from hf_localnat.evaluation import (
     run_evaluate,
     wilson_interval,
 )
+from hf_localnat.student import StudentArguments
 
 BENCHMARKS = SHARED / "benchmarks"
 METRIC_KEYS = {"accuracy", "accuracy_ci_low", "accuracy_ci_high", "num_problems"}
@@ -40,11 +41,8 @@ def tiny_benchmark(tmp_path) -> Path:
 
 def test_run_evaluate_plumbing_on_the_tiny_student(tiny_student_dir, tiny_benchmark, tmp_path, capsys):
     out = tmp_path / "eval" / "records.jsonl"
-    args = EvaluateArguments(
-        student=str(tiny_student_dir), benchmark=str(tiny_benchmark), max_new_tokens=6, limit=3, output=str(out),
-        batch_size=2,
-    )  # fmt: skip
-    metrics = run_evaluate(args)
+    args = EvaluateArguments(benchmark=str(tiny_benchmark), max_new_tokens=6, limit=3, output=str(out), batch_size=2)
+    metrics = run_evaluate(args, StudentArguments(str(tiny_student_dir)))
     assert METRIC_KEYS <= set(metrics) and metrics["num_problems"] == 3  # --limit respected
     assert 0.0 <= metrics["accuracy_ci_low"] <= metrics["accuracy"] <= metrics["accuracy_ci_high"] <= 1.0
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -75,9 +73,9 @@ def test_bad_benchmark_raises_one_line(tmp_path, rows, overrides, message):
     if rows is not None:
         write_jsonl(path, rows)
     # student is never loaded: every mistake is caught before (the student path does not exist).
-    args = EvaluateArguments(student=str(tmp_path / "no-student"), benchmark=str(path), **overrides)
+    args = EvaluateArguments(benchmark=str(path), **overrides)
     with pytest.raises(LocalnatError, match=message) as err:
-        run_evaluate(args)
+        run_evaluate(args, StudentArguments(str(tmp_path / "no-student")))
     assert "\n" not in str(err.value)
 
 

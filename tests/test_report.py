@@ -464,7 +464,7 @@ def test_run_report(pool, tmp_path, capsys):
     pool.remove_columns(["step_spans", "step_logprobs"]).to_json(str(no_steps))
     with pytest.raises(LocalnatError, match=r"no_steps\.jsonl: column 'step_logprobs' not found.*--return_steps"):
         run_report(ReportArguments(output=str(tmp_path / "r3"), html_steps=True), str(no_steps))
-    with pytest.raises(LocalnatError, match="column 'pid' not found.*--group-by"):
+    with pytest.raises(LocalnatError, match="column 'pid' not found.*--group_by"):
         run_report(ReportArguments(output=str(tmp_path / "r4"), group_by="pid"), str(scored))
     with pytest.raises(LocalnatError, match="needs --output"):
         run_report(ReportArguments(), str(scored))

@@ -437,9 +437,13 @@ NUMERIC_CASES = {
     "chunk-rows-negative": (["score", "{in}", "--chunk_rows", "-1", "--output", "{out}"], "--chunk_rows -1"),
     "chunk-rows-zero": (["score", "{in}", "--chunk_rows", "0", "--output", "{out}"], "--chunk_rows 0"),
     "limit-negative": (["score", "{in}", "--limit", "-1", "--output", "{out}"], "--limit -1"),
-    "max-response-tokens-zero": (["score", "{in}", "--max_response_tokens", "0", "--output", "{out}"], "0: use"),
-    "batch-tokens-zero": (["score", "{in}", "--max_tokens_per_batch", "0", "--output", "{out}"], "0: use"),
-    "select-k-zero": (["select", "{scored}", "--k", "0", "--output", "{out}"], "--k 0"),
+    "max-response-tokens-zero": (
+        ["score", "{in}", "--max_response_tokens", "0", "--output", "{out}"], "max_response_tokens=0"
+    ),
+    "batch-tokens-zero": (
+        ["score", "{in}", "--max_tokens_per_batch", "0", "--output", "{out}"], "max_tokens_per_batch=0"
+    ),
+    "select-k-zero": (["select", "{scored}", "--k", "0", "--output", "{out}"], "k=0"),
     "rank-bootstrap-zero": (["rank-teachers", "{scored}", "--n_bootstrap", "0"], "--n_bootstrap 0"),
     "report-n-boot-zero": (["report", "{scored}", "--n_boot", "0", "--output", "{dir}/rep"], "--n_boot 0"),
     "train-k-zero": (["train", "--pool", "{in}", "--output_dir", "{dir}/run", "--k", "0"], "k=0"),

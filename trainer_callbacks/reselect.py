@@ -7,6 +7,7 @@ the selection is swapping an index table that the training dataset's transform r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_localnat.distributed import destroy_process_group_at_exit
 from hf_localnat.errors import LocalnatError
-from hf_localnat.metrics import prompt_ids
+from hf_localnat.metrics import ScoringConfig, prompt_ids
 from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
-from hf_localnat.selection import is_higher_better
+from hf_localnat.selection import SelectionConfig, group_codes, top_k_per_group, where_mask
 
 logger = logging.getLogger(__name__)
 
@@ -74,19 +76,44 @@ class SelectionState:
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
+EMPTY_SLOT = -1  # a slot whose prompt has fewer scored candidates than slots this round: it trains on nothing
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword options as (ScoringConfig fields, SelectionConfig fields); any other name is a user error."""
+    scoring_names = {f.name for f in dataclasses.fields(ScoringConfig)}
+    selection_names = {f.name for f in dataclasses.fields(SelectionConfig)}
+    unknown = sorted(set(options) - scoring_names - selection_names)
+    if unknown:
+        raise LocalnatError(
+            f"unknown option(s) {', '.join(unknown)}: use ScoringConfig or SelectionConfig fields "
+            f"({', '.join(sorted(scoring_names | selection_names))})."
+        )
+    return (
+        {k: v for k, v in options.items() if k in scoring_names},
+        {k: v for k, v in options.items() if k in selection_names},
+    )
+
+
 class ReselectCallback(TrainerCallback):
-    """Select one response per prompt with the starting student, then reselect with the current one.
+    """Select the best responses per prompt with the starting student, then reselect with the current one.
 
     Args:
         pool: candidate rows (several teachers' responses per prompt), scored or not.
         tokenizer: the student's tokenizer (training examples use its chat template, as the scorer does).
-        by: ``"local_naturalness"``, ``"global_naturalness"`` or ``"rsr"``.
+        scoring: a :class:`ScoringConfig`; its metric is the one ``selection.by`` names.
+        selection: a :class:`SelectionConfig` (by, group_by, k, where, higher_is_better): each round selects
+            exactly as ``select_responses`` does, through the same ``top_k_per_group``.
         every_steps: reselect every N optimizer steps (None: never, unless ``every="epoch"``).
         every: ``"steps"`` or ``"epoch"``.
         fraction: share of prompts re-scored per round (the others keep their last score).
-        group_by, k, teacher_column, prompt_column, response_column: the pool's layout and how many per prompt.
+        teacher_column: the pool column naming the teacher (for the round records).
         max_length: truncate training examples to this many tokens.
-        scorer_kwargs: any other :class:`NaturalnessScorer` option (window, splitter, include_prompt, ...).
+        **options: any ScoringConfig or SelectionConfig field, on top of ``scoring`` and ``selection``.
+
+    A prompt gets ``min(k, candidates)`` slots, its candidates being the rows with a ``group_by`` key and a
+    non-empty response that pass ``where``. An unscored row is never selected: a slot left without a scored row in
+    a round is empty and trains on nothing (its labels are all masked), and the round record counts it.
 
     Use with any ``transformers.Trainer``: pass ``callback.train_dataset`` as the training set, add the
     callback, and call ``callback.attach(trainer)`` so rounds are logged through the trainer's loggers.
@@ -104,25 +131,28 @@ class ReselectCallback(TrainerCallback):
         pool: datasets.Dataset,
         tokenizer: PreTrainedTokenizerBase,
         *,
-        by: str = "local_naturalness",
+        scoring: ScoringConfig | None = None,
+        selection: SelectionConfig | None = None,
         every_steps: int | None = None,
         every: str = "steps",
         fraction: float = 1.0,
-        group_by: str = "prompt_id",
-        k: int = 1,
         teacher_column: str = "teacher",
-        prompt_column: str = "prompt",
-        response_column: str = "response",
         max_length: int | None = None,
         seed: int = 0,
-        **scorer_kwargs: Any,
+        **options: Any,
     ) -> None:
         if every not in ("steps", "epoch"):
             raise LocalnatError(f"reselect_every={every!r}: use 'steps' or 'epoch'.")
         if not 0 < fraction <= 1:
             raise LocalnatError(f"reselect_fraction={fraction}: use a number in (0, 1].")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise LocalnatError(f"k={k!r}: the number of responses selected per prompt must be an int >= 1.")
+        scoring_options, selection_options = split_options(options)
+        self.selection = dataclasses.replace(selection or SelectionConfig(), **selection_options)
+        # The one metric this selection needs: the column `by` names (local_naturalness -> local).
+        scoring_options["metrics"] = self.selection.by
+        self.scoring = dataclasses.replace(scoring or ScoringConfig(), **scoring_options)
+        self.higher_is_better = self.selection.is_higher_better()
+        group_by = self.selection.group_by
+        prompt_column, response_column = self.scoring.prompt_column, self.scoring.response_column
         for column in (group_by, prompt_column, response_column):
             if column not in pool.column_names:
                 raise LocalnatError(
@@ -130,48 +160,61 @@ class ReselectCallback(TrainerCallback):
                 )
         self.pool = pool
         self.tokenizer = tokenizer
-        self.by = by
-        self.metric = {"local_naturalness": "local", "global_naturalness": "global", "rsr": "rsr"}.get(by)
-        if self.metric is None:
-            raise LocalnatError(f"by={by!r}: use local_naturalness, global_naturalness or rsr.")
-        self.higher_is_better = is_higher_better(by)
+        self.by = self.selection.by
         self.every_steps, self.every, self.fraction = every_steps, every, fraction
-        self.group_by, self.k, self.teacher_column = group_by, k, teacher_column
+        self.group_by, self.k, self.teacher_column = group_by, self.selection.k, teacher_column
         self.prompt_column, self.response_column = prompt_column, response_column
         self.max_length = max_length
-        self.scorer_kwargs = scorer_kwargs
         self._seed = seed
         self._trainer = None
         self._train_started = 0.0
         self._round_seconds = 0.0
         self._examples: dict[int, dict[str, list[int]]] = {}
 
+        # Candidates: a prompt to compete for, something to score, and the where filter passed.
         groups = pool[group_by]
         responses = pool[response_column]
-        self.rows_by_group: dict[Any, list[int]] = {}
-        ungrouped = 0
-        for row, (group, response) in enumerate(zip(groups, responses, strict=True)):
-            if group is None:  # no prompt to compete for: it cannot be selected against the others
-                ungrouped += 1
-            elif response and response.strip():  # an empty (or whitespace) response can never be selected
-                self.rows_by_group.setdefault(group, []).append(row)
+        eligible = np.array([g is not None and bool(r and r.strip()) for g, r in zip(groups, responses, strict=True)])
+        ungrouped = sum(g is None for g in groups)
         if ungrouped:
             logger.warning("%d pool row(s) have no %r and are left out of the selection.", ungrouped, group_by)
+        passed = where_mask(pool, self.selection.where)
+        if passed is not None:
+            eligible &= passed
+        self.codes, group_keys = group_codes(groups, group_by)
+        self._code_of = {key: code for code, key in enumerate(group_keys)}
+        self.eligible = eligible
+        self.rows_by_group: dict[Any, list[int]] = {}
+        for row in np.flatnonzero(eligible).tolist():
+            self.rows_by_group.setdefault(groups[row], []).append(row)
         if not self.rows_by_group:
-            raise LocalnatError(f"candidate pool: no row has both a {group_by!r} and a non-empty response.")
-        slots = [[group, rank] for group in self.rows_by_group for rank in range(k)]
+            raise LocalnatError(
+                f"candidate pool: no row has a {group_by!r}, a non-empty response"
+                + (f" and passes where={self.selection.where!r}." if self.selection.where else ".")
+            )
+        # k slots per prompt, or fewer when the prompt has fewer candidates: a response is never served twice.
+        slots = [[group, rank] for group, rows in self.rows_by_group.items() for rank in range(min(self.k, len(rows)))]
         # Until the first round (at on_train_begin) a slot serves its group's first candidates, so the
         # trainer can peek at an example while it is built.
-        provisional = [self.rows_by_group[g][min(r, len(self.rows_by_group[g]) - 1)] for g, r in slots]
+        provisional = [self.rows_by_group[g][r] for g, r in slots]
         self.state = SelectionState(slots=slots, selected=provisional, scores=[None] * len(pool))
-        self._preset_scores = pool[by] if by in pool.column_names else None
+        self._preset_scores = pool[self.by] if self.by in pool.column_names else None
         self.train_dataset = datasets.Dataset.from_dict({"slot": list(range(len(slots)))}).with_transform(self._fetch)
 
     # -- the training view -------------------------------------------------------------------------------
 
     def _fetch(self, batch: dict[str, list[int]]) -> dict[str, list[list[int]]]:
-        examples = [self.example(self.state.selected[s]) for s in batch["slot"]]
+        examples = [self.slot_example(s) for s in batch["slot"]]
         return {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]}
+
+    def slot_example(self, slot: int) -> dict[str, list[int]]:
+        """The training example a slot serves now: its selected row, or a fully masked one if it is empty."""
+        row = self.state.selected[slot]
+        if row != EMPTY_SLOT:
+            return self.example(row)
+        first = self.rows_by_group[self.state.slots[slot][0]][0]
+        prompt = prompt_ids(self.tokenizer, self.pool[first][self.prompt_column])[: self.max_length]
+        return {"input_ids": prompt, "labels": [-100] * len(prompt)}
 
     def example(self, row: int) -> dict[str, list[int]]:
         """The training example of a pool row: chat-formatted prompt (masked with -100) + response + EOS."""
@@ -224,14 +267,7 @@ class ReselectCallback(TrainerCallback):
         scored: list[tuple[int, float | None]] = []
         if rows:
             unwrapped = getattr(model, "module", model)
-            scorer = NaturalnessScorer(
-                unwrapped,
-                self.tokenizer,
-                metrics=(self.metric,),
-                prompt_column=self.prompt_column,
-                response_column=self.response_column,
-                **self.scorer_kwargs,
-            )
+            scorer = NaturalnessScorer(unwrapped, self.tokenizer, self.scoring)
             subset = self.pool.select(rows)
             values = scorer.score(subset[self.prompt_column], subset[self.response_column])[self.by]
             scored = list(zip(rows, values, strict=True))
@@ -259,8 +295,16 @@ class ReselectCallback(TrainerCallback):
         self._round_seconds += seconds
         elapsed = time.perf_counter() - self._train_started if self._train_started else seconds
         teachers = self.pool[self.teacher_column] if self.teacher_column in self.pool.column_names else None
-        shares = Counter(teachers[r] for r in new_selected) if teachers is not None else Counter()
-        selected_scores = [self.state.scores[r] for r in new_selected if self.state.scores[r] is not None]
+        served = [r for r in new_selected if r != EMPTY_SLOT]
+        shares = Counter(teachers[r] for r in served) if teachers is not None else Counter()
+        selected_scores = [self.state.scores[r] for r in served if self.state.scores[r] is not None]
+        empty = len(new_selected) - len(served)
+        if empty:
+            logger.warning(
+                "%d slot(s) have no scored candidate this round and train on nothing (their prompts have fewer "
+                "scored responses than slots).",
+                empty,
+            )
         record = {
             "round": len(self.state.history),
             "reason": "initial" if first else reason,
@@ -269,7 +313,8 @@ class ReselectCallback(TrainerCallback):
             "rescored_prompts": len(todo),
             "changed_prompts": 0 if first else changed_prompts,
             "changed_slots": 0 if first else changed,
-            "teacher_shares": {t: n / len(new_selected) for t, n in sorted(shares.items())},
+            "teacher_shares": {t: n / max(len(served), 1) for t, n in sorted(shares.items())},
+            "empty_slots": empty,
             "mean_selected_score": sum(selected_scores) / len(selected_scores) if selected_scores else None,
             "seconds": seconds,
             "share_of_training_time": self._round_seconds / max(elapsed, 1e-9),
@@ -288,36 +333,36 @@ class ReselectCallback(TrainerCallback):
         """Whether the pool's score column was made by this student with this scoring config.
 
         ``score_dataset`` (the CLI's ``score``) records both in the dataset info; anything else is re-scored.
+        Options that do not change a score (the batch size, the columns, other metrics) may differ.
         """
         provenance = scoring_provenance(self.pool)
         source = getattr(getattr(model, "module", model), "hf_localnat_source", None)
         if provenance is None or source is None:
             return False
-        try:
-            mine = NaturalnessScorer(student=source.student, metrics=(self.metric,), **self.scorer_kwargs).config
-        except LocalnatError:  # e.g. a tokens:<n> splitter, which cannot be described without a tokenizer
+        if provenance.get("student") != source.student:
+            logger.info("The pool was scored by %s, not by this student: re-scoring it.", provenance.get("student"))
             return False
         theirs = provenance["scorer"]
-        ignored = ("metrics", "return_steps", "prompt_column", "response_column")
-        same = all(theirs.get(key) == value for key, value in mine.items() if key not in ignored)
-        return same and self.metric in theirs.get("metrics", []) and provenance.get("student") == source.student
+        mine = self.scoring.to_dict()
+        ignored = ("metrics", "return_steps", "prompt_column", "response_column", "max_tokens_per_batch")
+        differ = [key for key, value in mine.items() if key not in ignored and theirs.get(key) != value]
+        if differ or self.scoring.metric_names[0] not in theirs.get("metrics", []):
+            shown = ", ".join(f"{key} {theirs.get(key)!r} (here {mine[key]!r})" for key in differ) or "another metric"
+            logger.info("The pool's %s was scored with other settings (%s): re-scoring it.", self.by, shown)
+            return False
+        logger.info(
+            "Reusing the pool's %s scores: made by %s with these scoring settings, so the first round scores nothing.",
+            self.by,
+            source.student,
+        )
+        return True
 
     def _select(self) -> list[int]:
-        """Top-k rows per prompt by score; unscored rows rank last; ties go to the earlier row."""
-        best: dict[Any, list[int]] = {}
-        sign = -1.0 if self.higher_is_better else 1.0
-        for group, rows in self.rows_by_group.items():
-
-            def key(r: int) -> tuple[int, float, int]:
-                value = self.state.scores[r]
-                return (1, 0.0, r) if value is None else (0, sign * value, r)
-
-            best[group] = sorted(rows, key=key)[: self.k]
-        out = []
-        for group, rank in self.state.slots:
-            rows = best[group]
-            out.append(rows[rank] if rank < len(rows) else rows[-1])
-        return out
+        """The selection of this round, made as ``select_responses`` makes it (:func:`top_k_per_group`)."""
+        scores = np.array([np.nan if v is None else v for v in self.state.scores], dtype=np.float64)
+        rows, ranks = top_k_per_group(scores, self.codes, self.eligible, self.k, self.higher_is_better)
+        chosen = {(int(self.codes[row]), int(rank) - 1): int(row) for row, rank in zip(rows, ranks, strict=True)}
+        return [chosen.get((self._code_of[group], rank), EMPTY_SLOT) for group, rank in self.state.slots]
 
     # -- trainer events ----------------------------------------------------------------------------------
 
@@ -350,7 +395,10 @@ class ReselectCallback(TrainerCallback):
         same_pool = (
             [list(s) for s in saved.slots] == [list(s) for s in self.state.slots]
             and len(saved.scores) == len(self.pool)
-            and all(row in self.rows_by_group[slot[0]] for slot, row in zip(saved.slots, saved.selected, strict=True))
+            and all(
+                row == EMPTY_SLOT or row in self.rows_by_group[slot[0]]
+                for slot, row in zip(saved.slots, saved.selected, strict=True)
+            )
         )
         if not same_pool:
             raise LocalnatError(
