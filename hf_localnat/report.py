@@ -14,13 +14,15 @@ shows) into a new folder, atomically. Five sections, each present only when the 
    mean step scores before/at/after the first error and the AUROC of the negated step score.
 5. ``selection``: one response per prompt by each metric: teacher shares, accuracy, winner changes.
 
-The statistics (:func:`kendall_tau_b`, :func:`spearman`, :func:`within_group_spearman`, :func:`auroc`)
-are plain numpy and handle ties. :class:`ReportArguments` and :func:`run_report` drive it from the CLI.
+Each section builder returns its entry of ``report.json`` and the names of its figures; the page is that JSON
+rendered by one Jinja template, ``model_cards/report.html.jinja``. The statistics live in
+:mod:`hf_localnat.statistics` (``scipy.stats``) and are re-exported here. :class:`ReportArguments` and
+:func:`run_report` drive it from the CLI.
 """
 
 from __future__ import annotations
 
-import html
+import importlib.resources
 import json
 import math
 import os
@@ -29,11 +31,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import datasets
+import jinja2
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -48,8 +52,13 @@ from .metrics import METRIC_COLUMNS, ScoringConfig, with_fields_of
 from .outputs import check_output
 from .selection import SelectionConfig, is_higher_better, rank_teachers, select_responses
 
+# The statistics moved to hf_localnat.statistics; `from hf_localnat.report import spearman` keeps working.
+from .statistics import MIN_ROWS_PER_GROUP, auroc, kendall_tau_b, spearman, within_group_spearman
+from .statistics import average_ranks as average_ranks
+
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
+REPORT_TEMPLATE = "report.html.jinja"  # in the model_cards package, beside the card templates
 SECTIONS = {
     "ranking": "Teacher ranking",
     "length_bias": "Length bias",
@@ -59,144 +68,11 @@ SECTIONS = {
 }
 RELATIVE_POSITIONS = tuple(range(-3, 4))  # steps around the first error shown in the step-labels figure
 LENGTH_COLUMNS = {"num_response_tokens": "tokens", "num_steps": "steps"}
-MIN_ROWS_PER_PROMPT = 3  # within-prompt Spearman needs at least this many rows in a prompt
+MIN_ROWS_PER_PROMPT = MIN_ROWS_PER_GROUP  # within-prompt Spearman needs at least this many rows in a prompt
 _ROW_COLUMN = "__report_row__"
 _SCORE_HINT = "score it with hf-localnat score INPUT --metrics global,local,rsr --return_steps --output SCORED"
 
-
-# ----------------------------------------------------------------------------------------------------------
-# Statistics (numpy only)
-# ----------------------------------------------------------------------------------------------------------
-
-
-def average_ranks(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values``, ties sharing the mean of the ranks they span.
-
-    Example:
-        >>> average_ranks([10.0, 30.0, 20.0, 30.0]).tolist()
-        [1.0, 3.5, 2.0, 3.5]
-    """
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return np.empty(0, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ordered = x[order]
-    starts = np.r_[True, ordered[1:] != ordered[:-1]]
-    first = np.flatnonzero(starts)
-    counts = np.diff(np.r_[first, x.size])
-    mean_rank = first + (counts + 1) / 2.0  # positions first+1 .. first+count, averaged
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = mean_rank[np.cumsum(starts) - 1]
-    return ranks
-
-
-def _finite_pairs(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(x, dtype=np.float64)
-    b = np.asarray(y, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"x and y differ in length ({a.size} != {b.size}).")
-    keep = np.isfinite(a) & np.isfinite(b)
-    return a[keep], b[keep]
-
-
-def kendall_tau_b(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
-    """Kendall's tau-b of two paired samples (ties in either corrected for); None when undefined.
-
-    Pairs with a NaN are dropped. Undefined with fewer than 2 pairs or when ``x`` or ``y`` is constant.
-    O(n^2) memory: meant for rankings of teachers, not for rows.
-
-    Example:
-        >>> kendall_tau_b([1, 2, 3], [1, 2, 3]), kendall_tau_b([1, 2, 3], [3, 2, 1])
-        (1.0, -1.0)
-        >>> round(kendall_tau_b([1, 2, 3], [1, 1, 2]), 4)  # 2 concordant, 1 tie in y: 2 / sqrt(3 * 2)
-        0.8165
-    """
-    a, b = _finite_pairs(x, y)
-    n = a.size
-    if n < 2:
-        return None
-    upper = np.triu_indices(n, k=1)
-    da = np.sign(a[:, None] - a[None, :])[upper]
-    db = np.sign(b[:, None] - b[None, :])[upper]
-    pairs = n * (n - 1) / 2.0
-    denominator = math.sqrt((pairs - np.count_nonzero(da == 0)) * (pairs - np.count_nonzero(db == 0)))
-    if denominator == 0:
-        return None
-    return float(np.sum(da * db) / denominator)
-
-
-def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float | None:
-    """Spearman's rank correlation (Pearson's r of average ranks); None when undefined.
-
-    Pairs with a NaN are dropped. Undefined with fewer than 2 pairs or when ``x`` or ``y`` is constant.
-
-    Example:
-        >>> spearman([1, 2, 3, 4], [10, 20, 30, 40]), spearman([1, 2, 3], [3, 1, 2])
-        (1.0, -0.5)
-    """
-    a, b = _finite_pairs(x, y)
-    if a.size < 2:
-        return None
-    ra = average_ranks(a) - (a.size + 1) / 2.0
-    rb = average_ranks(b) - (b.size + 1) / 2.0
-    denominator = math.sqrt(float(np.sum(ra * ra)) * float(np.sum(rb * rb)))
-    if denominator == 0:
-        return None
-    return float(np.clip(np.sum(ra * rb) / denominator, -1.0, 1.0))
-
-
-def within_group_spearman(
-    groups: Sequence | np.ndarray,
-    x: Sequence[float] | np.ndarray,
-    y: Sequence[float] | np.ndarray,
-    min_rows: int = MIN_ROWS_PER_PROMPT,
-) -> tuple[float | None, int]:
-    """Mean over groups of the Spearman correlation within each group, and how many groups it averages.
-
-    Rows with a NaN are dropped first. A group counts when it has at least ``min_rows`` rows and neither
-    ``x`` nor ``y`` is constant within it. Returns ``(None, 0)`` when no group counts.
-
-    Example:
-        >>> within_group_spearman(["a"] * 3 + ["b"] * 3 + ["c"] * 2, [1, 2, 3, 1, 2, 3, 1, 2],
-        ...                       [1, 2, 3, 3, 1, 2, 5, 6])
-        (0.25, 2)
-    """
-    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(a) & np.isfinite(b)
-    frame = pd.DataFrame({"g": pd.Series(list(groups))[keep].to_numpy(), "x": a[keep], "y": b[keep]})
-    frame = frame[frame.groupby("g")["x"].transform("size") >= min_rows]
-    if frame.empty:
-        return None, 0
-    by_group = frame.groupby("g")
-    rx, ry = by_group["x"].rank(method="average"), by_group["y"].rank(method="average")
-    dx = rx - rx.groupby(frame["g"]).transform("mean")
-    dy = ry - ry.groupby(frame["g"]).transform("mean")
-    sums = pd.DataFrame({"g": frame["g"], "xy": dx * dy, "xx": dx * dx, "yy": dy * dy}).groupby("g").sum()
-    counted = (sums["xx"] > 0) & (sums["yy"] > 0)
-    if not counted.any():
-        return None, 0
-    rho = sums.loc[counted, "xy"] / np.sqrt(sums.loc[counted, "xx"] * sums.loc[counted, "yy"])
-    return float(np.clip(rho, -1.0, 1.0).mean()), int(counted.sum())
-
-
-def auroc(positives: Sequence[float] | np.ndarray, negatives: Sequence[float] | np.ndarray) -> float | None:
-    """Area under the ROC curve of a score that should be higher for positives (Mann-Whitney U / n+ n-).
-
-    The probability that a random positive outscores a random negative, a tie counting 1/2. NaNs are
-    dropped; None when either side is empty.
-
-    Example:
-        >>> auroc([3.0, 2.0], [1.0, 2.0])  # pairs: 3>1, 3>2, 2>1, 2=2 -> (3 + 0.5) / 4
-        0.875
-    """
-    pos = np.asarray(positives, dtype=np.float64)
-    neg = np.asarray(negatives, dtype=np.float64)
-    pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
-    if pos.size == 0 or neg.size == 0:
-        return None
-    ranks = average_ranks(np.concatenate([pos, neg]))
-    u = float(ranks[: pos.size].sum()) - pos.size * (pos.size + 1) / 2.0
-    return u / (pos.size * neg.size)
+SectionData = tuple[dict[str, Any], list[str]]  # what a builder returns: its report.json entry, its figure files
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,7 +123,11 @@ def _mean(values: np.ndarray) -> float | None:
 
 
 class _Skip(Exception):
-    """Raised inside a section to skip it; the message says why."""
+    """Raised inside a section to skip it; the message says why, ``data`` is what report.json keeps of it."""
+
+    def __init__(self, reason: str, data: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.data = data or {}
 
 
 @dataclass
@@ -257,7 +137,6 @@ class _Section:
     reason: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
-    body: str = ""
 
     @property
     def title(self) -> str:
@@ -296,6 +175,7 @@ class _Context:
         self.metrics = [c for c in METRIC_COLUMNS.values() if c in self.columns]
         self.primary = "local_naturalness" if "local_naturalness" in self.metrics else (self.metrics or [None])[0]
         self._cache: dict[str, list] = {}
+        self.saved: list[str] = []  # figure files written so far, so a skipped section's can be removed
         self.has_groups = group_by in self.columns
         self.has_teachers = teacher_column in self.columns
         if self.has_groups:
@@ -321,9 +201,9 @@ class _Context:
         keep = [c for c in (self.group_by, self.teacher_column, *self.metrics) if c in self.columns]
         return self.ds.select_columns(keep).add_column(_ROW_COLUMN, np.arange(self.n, dtype=np.int64))
 
-    def save(self, figure: Figure, name: str, section: _Section) -> str:
+    def save(self, figure: Figure, name: str) -> str:
         figure.savefig(self.folder / name, dpi=100, bbox_inches="tight")
-        section.figures.append(name)
+        self.saved.append(name)
         return name
 
 
@@ -337,12 +217,8 @@ def _goodness(metric: str, value: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# HTML helpers
+# Number formats of the page (Jinja filters)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
 
 
 def _num(value: float | None, digits: int = 3, signed: bool = False) -> str:
@@ -353,41 +229,6 @@ def _num(value: float | None, digits: int = 3, signed: bool = False) -> str:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int = 1, head: str = "") -> str:
-    """An HTML table; cells are already HTML. Columns from ``numeric_from`` on are right-aligned.
-
-    ``head``: header rows as HTML, used instead of the single row made from ``header``.
-    """
-    out = ["<table>", "<thead>", head or "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
-    out.append("</thead><tbody>")
-    for row in rows:
-        cells = (f'<td class="num">{c}</td>' if i >= numeric_from else f"<td>{c}</td>" for i, c in enumerate(row))
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-def _img(name: str, alt: str) -> str:
-    return f'<figure><img src="{_e(name)}" alt="{_e(alt)}"></figure>'
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1150px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; vertical-align: top; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-.skipped { color: #666; font-style: italic; } .note { color: #555; font-size: 0.92em; }
-pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
-.steps { white-space: pre-wrap; border: 1px solid #ddd; padding: 0.6em; font-size: 0.92em; }
-.steps span { border-radius: 3px; }
-.legend { display: flex; align-items: center; gap: 0.5em; font-size: 0.9em; margin: 0.5em 0; }
-.legend .bar { width: 240px; height: 14px; border: 1px solid #aaa; }
-"""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -406,7 +247,7 @@ def _teacher_accuracy(ctx: _Context) -> dict[str, dict[str, float | int | None]]
     return out
 
 
-def _section_ranking(ctx: _Context, section: _Section) -> None:
+def _section_ranking(ctx: _Context) -> SectionData:
     _need_groups_and_teachers(ctx)
     if not ctx.metrics:
         raise _Skip(f"no metric column ({', '.join(METRIC_COLUMNS.values())}); {_SCORE_HINT}.")
@@ -460,71 +301,21 @@ def _section_ranking(ctx: _Context, section: _Section) -> None:
         common = [t for t in order if t in good[a] and t in good[b]]
         tau = kendall_tau_b([good[a][t] for t in common], [good[b][t] for t in common])
         taus.append({"a": a, "b": b, "tau_b": tau, "num_teachers": len(common)})
-    shared = _num_shared_prompts(ctx)
-    section.data.update(
-        order=order,
-        num_shared_prompts=shared,
-        primary_metric=primary,
-        metrics=records,
-        failed_metrics=failed,
-        accuracy=accuracy,
-        kendall_tau=taus,
-        n_boot=ctx.n_boot,
-        seed=ctx.seed,
-    )
-    name = _ranking_figure(ctx, section, records, order)
-
-    # HTML: one row per teacher, one block per metric.
-    metrics = list(records)
-    head = '<tr><th rowspan="2">teacher</th>' + ('<th rowspan="2">accuracy</th>' if accuracy else "")
-    head += "".join(f'<th colspan="4">{_e(m)} ({_direction(m)})</th>' for m in metrics) + "</tr>"
-    head += "<tr>" + "<th>rank</th><th>mean</th><th>95% CI</th><th>win rate</th>" * len(metrics) + "</tr>"
-    by_teacher = {m: {r["teacher"]: r for r in records[m]["teachers"]} for m in metrics}
-    rows_html = []
-    for teacher in order:
-        cells = [_e(teacher)]
-        if accuracy:
-            acc = accuracy.get(teacher, {})
-            cells.append(f"{_pct(acc.get('accuracy'))} <span class='note'>(n={acc.get('num_known', 0)})</span>")
-        for m in metrics:
-            r = by_teacher[m].get(teacher)
-            if r is None:
-                cells += ["n/a"] * 4
-                continue
-            ci = f"[{_num(r['ci_low'], signed=True)}, {_num(r['ci_high'], signed=True)}]"
-            cells += [str(r["rank"]), _num(r["mean"], signed=True), ci, _pct(r["win_rate"])]
-        rows_html.append(cells)
-    tau_rows = [[_e(t["a"]), _e(t["b"]), _num(t["tau_b"], signed=True), str(t["num_teachers"])] for t in taus]
-    body = [
-        f"<p>Teachers ranked by each metric (mean over prompts of the teacher-prompt mean score; percentile "
-        f"bootstrap 95% CI from {ctx.n_boot} resamples of prompts, seed {ctx.seed}). Rows follow the "
-        f"{_e(primary)} ranking, best first. Win rate: share of the prompts answered by every teacher where the "
-        "teacher scores best.</p>",
-        _table([], rows_html, head=head),
-        _img(name, "teacher ranking by metric"),
-    ]
-    if shared == 0:
-        body.append(
-            "<p class='skipped'>No prompt was answered by more than one teacher: each mean is over different "
-            "prompts, so this ranking mixes the teachers with their prompts' difficulty, and there are no win "
-            "rates.</p>"
-        )
-    body += [
-        "<h3>Agreement between rankings (Kendall &tau;-b)</h3>",
-        "<p>Each ranking is oriented best first (rsr is lower-is-better, so it is negated); "
-        "&tau;-b = +1 means the same order, &minus;1 the reverse; ties are corrected for. "
-        + ("Accuracy: mean of <code>correct</code> per teacher, ignoring missing values." if accuracy else "")
-        + "</p>",
-        _table(["ranking", "vs", "&tau;-b", "teachers"], tau_rows, numeric_from=2),
-    ]
-    if failed:
-        body.append(
-            "<p class='skipped'>Not ranked: " + "; ".join(f"{_e(m)}: {_e(r)}" for m, r in failed.items()) + "</p>"
-        )
-    section.body = "\n".join(body)
+    data = {
+        "order": order,
+        "num_shared_prompts": _num_shared_prompts(ctx),
+        "primary_metric": primary,
+        "metrics": records,
+        "failed_metrics": failed,
+        "accuracy": accuracy,
+        "kendall_tau": taus,
+        "n_boot": ctx.n_boot,
+        "seed": ctx.seed,
+    }
+    return data, [_ranking_figure(ctx, records, order)]
 
 
-def _ranking_figure(ctx: _Context, section: _Section, records: dict[str, dict], order: list[str]) -> str:
+def _ranking_figure(ctx: _Context, records: dict[str, dict], order: list[str]) -> str:
     k = len(records)
     fig = Figure(figsize=(3.6 * k + 1.2, 0.42 * len(order) + 1.6))
     axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
@@ -547,7 +338,7 @@ def _ranking_figure(ctx: _Context, section: _Section, records: dict[str, dict], 
     axes[0].set_yticks(range(len(order)))
     axes[0].set_yticklabels(list(reversed(order)))
     fig.tight_layout()
-    return ctx.save(fig, "ranking.png", section)
+    return ctx.save(fig, "ranking.png")
 
 
 def _need_groups_and_teachers(ctx: _Context) -> None:
@@ -570,7 +361,7 @@ def _num_shared_prompts(ctx: _Context) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _section_length_bias(ctx: _Context, section: _Section) -> None:
+def _section_length_bias(ctx: _Context) -> SectionData:
     lengths = [c for c in LENGTH_COLUMNS if c in ctx.columns]
     if not ctx.metrics:
         raise _Skip(f"no metric column ({', '.join(METRIC_COLUMNS.values())}); {_SCORE_HINT}.")
@@ -590,57 +381,22 @@ def _section_length_bias(ctx: _Context, section: _Section) -> None:
                 "num_prompts": 0,
             }
             if ctx.has_groups:
-                rho, count = within_group_spearman(ctx.group_codes[valid], score[valid], length_values[column][valid])
+                rho, count = within_group_spearman(
+                    ctx.group_codes[valid], score[valid], length_values[column][valid], MIN_ROWS_PER_PROMPT
+                )
                 entry.update(spearman_within_prompts=rho, num_prompts=count)
             correlations[metric][column] = entry
-    section.data.update(
-        lengths=lengths,
-        correlations=correlations,
-        min_rows_per_prompt=MIN_ROWS_PER_PROMPT,
-        within_prompts=ctx.has_groups,
-    )
-    scatter = _length_scatter(ctx, section, lengths, length_values)
-    bars = _length_bars(ctx, section, lengths, correlations)
-
-    header = ["metric", "direction"]
-    for column in lengths:
-        header += [
-            f"&rho; vs {LENGTH_COLUMNS[column]} (all rows)",
-            "rows",
-            f"&rho; vs {LENGTH_COLUMNS[column]} (within prompts, mean)",
-            "prompts",
-        ]
-    rows = []
-    for metric, entry in correlations.items():
-        cells = [_e(metric), _direction(metric)]
-        for column in lengths:
-            c = entry[column]
-            cells += [
-                _num(c["spearman_all"], signed=True),
-                str(c["num_rows"]),
-                _num(c["spearman_within_prompts"], signed=True),
-                str(c["num_prompts"]),
-            ]
-        rows.append(cells)
-    within = (
-        f"Within prompts: Spearman's &rho; computed inside each prompt with at least {MIN_ROWS_PER_PROMPT} rows "
-        "where neither the metric nor the length is constant, then averaged over those prompts."
-        if ctx.has_groups
-        else f"Within-prompt correlations skipped: no prompt column {_e(ctx.group_by)!s}."
-    )
-    section.body = "\n".join(
-        [
-            "<p>Spearman rank correlation of each metric with response length. A positive &rho; means longer "
-            "responses get higher values; for rsr (lower is better) that means longer responses look <em>worse"
-            f"</em>. {within}</p>",
-            _table(header, rows, numeric_from=2),
-            _img(scatter, "metric against response length"),
-            _img(bars, "length correlations"),
-        ]
-    )
+    data = {
+        "lengths": lengths,
+        "correlations": correlations,
+        "min_rows_per_prompt": MIN_ROWS_PER_PROMPT,
+        "within_prompts": ctx.has_groups,
+    }
+    figures = [_length_scatter(ctx, lengths, length_values), _length_bars(ctx, lengths, correlations)]
+    return data, figures
 
 
-def _length_scatter(ctx: _Context, section: _Section, lengths: list[str], values: dict[str, np.ndarray]) -> str:
+def _length_scatter(ctx: _Context, lengths: list[str], values: dict[str, np.ndarray]) -> str:
     column = lengths[0]  # tokens when present
     k = len(ctx.metrics)
     fig = Figure(figsize=(3.8 * k + 0.6, 3.4))
@@ -660,10 +416,10 @@ def _length_scatter(ctx: _Context, section: _Section, lengths: list[str], values
         ax.set_title(f"{metric}: \u03c1 = {_num(rho, 2, signed=True)}", fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return ctx.save(fig, "length_scatter.png", section)
+    return ctx.save(fig, "length_scatter.png")
 
 
-def _length_bars(ctx: _Context, section: _Section, lengths: list[str], correlations: dict) -> str:
+def _length_bars(ctx: _Context, lengths: list[str], correlations: dict) -> str:
     series = [(c, "spearman_all", f"{LENGTH_COLUMNS[c]}, all rows") for c in lengths]
     if ctx.has_groups:
         series += [(c, "spearman_within_prompts", f"{LENGTH_COLUMNS[c]}, within prompts") for c in lengths]
@@ -683,7 +439,7 @@ def _length_bars(ctx: _Context, section: _Section, lengths: list[str], correlati
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return ctx.save(fig, "length_correlations.png", section)
+    return ctx.save(fig, "length_correlations.png")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -726,7 +482,7 @@ def _auto_rows(ctx: _Context, steps: list) -> tuple[list[int], str]:
     return chosen, "the best and worst row by local score over all rows"
 
 
-def _section_step_profile(ctx: _Context, section: _Section) -> None:
+def _section_step_profile(ctx: _Context) -> SectionData:
     if "step_logprobs" not in ctx.columns:
         raise _Skip("no step_logprobs column; score with --metrics local --return_steps.")
     steps = ctx.column("step_logprobs")
@@ -750,9 +506,9 @@ def _section_step_profile(ctx: _Context, section: _Section) -> None:
                 "step_logprobs": [None if not np.isfinite(v) else float(v) for v in values],
             }
         )
-    section.data.update(chosen_by=how, rows=shown)
+    data: dict[str, Any] = {"chosen_by": how, "rows": shown}
     if not any(r["num_steps"] for r in shown):
-        raise _Skip(f"the chosen rows ({', '.join(map(str, chosen))}) have no step scores.")
+        raise _Skip(f"the chosen rows ({', '.join(map(str, chosen))}) have no step scores.", data)
 
     fig = Figure(figsize=(7.5, 3.6))
     ax = fig.subplots()
@@ -767,28 +523,8 @@ def _section_step_profile(ctx: _Context, section: _Section) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    name = ctx.save(fig, "step_profile.png", section)
-
-    rows_html = [
-        [
-            str(r["row"]),
-            _e(r["teacher"] or ""),
-            _e(r["prompt"] or ""),
-            _num(r["local_naturalness"], signed=True),
-            str(r["num_steps"]),
-        ]
-        for r in shown
-    ]
-    body = [
-        f"<p>Per-step local log-probs (the mean log-prob of each step's tokens with only the previous steps of its "
-        f"window as context) along the response. Rows shown: {_e(how)}.</p>",
-        _table(["row", "teacher", "prompt", "local_naturalness", "steps"], rows_html, numeric_from=3),
-        _img(name, "per-step local log-probs"),
-    ]
-    if ctx.html_steps:
-        body.append(_coloured_steps(ctx, shown))
-    section.data["html_steps"] = ctx.html_steps
-    section.body = "\n".join(body)
+    data["html_steps"] = ctx.html_steps
+    return data, [ctx.save(fig, "step_profile.png")]
 
 
 def _row_label(r: dict) -> str:
@@ -800,14 +536,17 @@ def _row_label(r: dict) -> str:
     return ", ".join(parts)
 
 
-def _coloured_steps(ctx: _Context, shown: list[dict]) -> str:
-    """The responses as HTML, each step's background coloured by its score (red low, green high)."""
+def _coloured_steps(ctx: _Context, shown: list[dict]) -> dict[str, Any]:
+    """The chosen responses cut into pieces, each step's with a background colour by its score (red low).
+
+    Page-only material (the response text is not in report.json); the template escapes every piece.
+    """
     missing = [c for c in ("step_spans", ctx.response_column) if c not in ctx.columns]
     if missing:
-        return f"<p class='skipped'>Coloured text skipped: no column {_e(missing[0])!s}.</p>"
+        return {"skipped": f"no column {missing[0]}"}
     values = [v for r in shown for v in r["step_logprobs"] if v is not None]
     if not values:
-        return "<p class='skipped'>Coloured text skipped: no step scores.</p>"
+        return {"skipped": "no step scores"}
     low, high = min(values), max(values)
     cmap = matplotlib.colormaps["RdYlGn"]
 
@@ -818,34 +557,29 @@ def _coloured_steps(ctx: _Context, shown: list[dict]) -> str:
         red, green, blue, _ = cmap(t)
         return f"rgba({red * 255:.0f},{green * 255:.0f},{blue * 255:.0f},0.55)"
 
-    stops = ", ".join(colour(low + (high - low) * i / 6) for i in range(7))
-    out = [
-        "<h3>Responses coloured by step score</h3>",
-        f'<div class="legend"><span>{_num(low, signed=True)}</span><div class="bar" '
-        f'style="background: linear-gradient(to right, {stops})"></div><span>{_num(high, signed=True)}</span>'
-        "<span class='note'>step mean local log-prob (red: less natural, green: more natural); hover a step for its "
-        "score</span></div>",
-    ]
     spans_column, texts = ctx.column("step_spans"), ctx.column(ctx.response_column)
+    responses = []
     for r in shown:
         text = texts[r["row"]] or ""
         spans = spans_column[r["row"]] or []
-        pieces, cursor = [], 0
+        pieces: list[dict[str, Any]] = []  # {"text"} between steps, {"text", "step", "value", "colour"} a step
+        cursor = 0
         for j, (span, value) in enumerate(zip(spans, r["step_logprobs"], strict=False)):
             start, end = int(span[0]), int(span[1])
             if start > cursor:
-                pieces.append(_e(text[cursor:start]))
-            title = f"step {j}: {_num(value, signed=True)}"
-            pieces.append(f'<span style="background:{colour(value)}" title="{_e(title)}">{_e(text[start:end])}</span>')
+                pieces.append({"text": text[cursor:start]})
+            pieces.append({"text": text[start:end], "step": j, "value": value, "colour": colour(value)})
             cursor = max(cursor, end)
-        pieces.append(_e(text[cursor:]))
-        note = (
-            ""
-            if len(spans) == r["num_steps"]
-            else (f" <span class='note'>({len(spans)} spans for {r['num_steps']} step scores)</span>")
+        pieces.append({"text": text[cursor:]})
+        responses.append(
+            {"label": _row_label(r), "num_spans": len(spans), "num_steps": r["num_steps"], "pieces": pieces}
         )
-        out.append(f"<h4>{_e(_row_label(r))}{note}</h4><div class='steps'>{''.join(pieces)}</div>")
-    return "\n".join(out)
+    return {
+        "low": low,
+        "high": high,
+        "stops": ", ".join(colour(low + (high - low) * i / 6) for i in range(7)),
+        "responses": responses,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -948,7 +682,7 @@ def _step_list(value: Any) -> list | None:
     return list(value) if isinstance(value, list | tuple | np.ndarray) else None
 
 
-def _section_step_labels(ctx: _Context, section: _Section) -> None:
+def _section_step_labels(ctx: _Context) -> SectionData:
     if "label" not in ctx.columns:
         raise _Skip("no label column (ProcessBench-style: the index of the first wrong step, -1 = all correct).")
     if "step_logprobs" not in ctx.columns:
@@ -961,9 +695,8 @@ def _section_step_labels(ctx: _Context, section: _Section) -> None:
         steps=ctx.column("steps") if has_steps else None,
     )
     stats["checked_step_count"] = has_steps
-    section.data.update(stats)
     if not stats["num_rows_used"]:
-        raise _Skip(f"no usable labelled row (excluded: {stats['excluded']}).")
+        raise _Skip(f"no usable labelled row (excluded: {stats['excluded']}).", stats)
 
     fig = Figure(figsize=(6.5, 3.6))
     ax = fig.subplots()
@@ -980,39 +713,7 @@ def _section_step_labels(ctx: _Context, section: _Section) -> None:
     ax.set_ylabel("mean step local log-prob")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    name = ctx.save(fig, "step_labels.png", section)
-
-    ex = stats["excluded"]
-    check = (
-        "Rows whose step count (num_steps) differs from the length of their <code>steps</code> list are excluded."
-        if has_steps
-        else "No <code>steps</code> column, so step counts could not be checked against the labels."
-    )
-    rows = [
-        [name_, _num(stats[key]["mean"], signed=True), str(stats[key]["num_steps"])]
-        for name_, key in (
-            ("before the first error", "before"),
-            ("at the first error", "at"),
-            ("after the first error", "after"),
-        )
-    ]
-    section.body = "\n".join(
-        [
-            f"<p>{stats['num_rows_used']} of {stats['num_rows']} labelled rows used: {stats['num_rows_with_error']} "
-            f"with a first wrong step, {stats['num_rows_all_correct']} all correct. Excluded: {ex['bad_label']} "
-            f"without a readable label, {ex['no_step_scores']} without step scores, {ex['step_count_mismatch']} "
-            f"with a step-count mismatch, {ex['label_out_of_range']} with the label beyond their scored steps. "
-            f"{check}</p>",
-            "<p>Mean step score (pooled over steps of rows with a wrong step):</p>",
-            _table(["steps", "mean local log-prob", "steps counted"], rows),
-            f"<p><strong>AUROC = {_num(stats['auroc'])}</strong> for flagging the first wrong step by a low step "
-            f"score (score = &minus;step log-prob; ties count 1/2). Positives ({stats['num_positives']}): the first "
-            f"wrong step of each row with label &ge; 0. Negatives ({stats['num_negatives']}): the steps before it in "
-            "those rows, plus every step of the rows with label &minus;1. Steps after the first error are left "
-            "out.</p>",
-            _img(name, "mean step score around the first error"),
-        ]
-    )
+    return stats, [ctx.save(fig, "step_labels.png")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1020,11 +721,7 @@ def _section_step_labels(ctx: _Context, section: _Section) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _share_cell(entry: dict[str, Any], teacher: str) -> str:
-    return f"{entry['teacher_counts'][teacher]} ({_pct(entry['teacher_shares'][teacher])})"
-
-
-def _section_selection(ctx: _Context, section: _Section) -> None:
+def _section_selection(ctx: _Context) -> SectionData:
     _need_groups_and_teachers(ctx)
     if not ctx.metrics:
         raise _Skip(f"no metric column ({', '.join(METRIC_COLUMNS.values())}); {_SCORE_HINT}.")
@@ -1062,9 +759,13 @@ def _section_selection(ctx: _Context, section: _Section) -> None:
     pool = None
     if ctx.correct is not None:
         pool = {"accuracy": _mean(ctx.correct), "num_known_correct": int(np.isfinite(ctx.correct).sum())}
-    section.data.update(
-        metrics=per_metric, winner_changes=changes, pool=pool, num_prompts=len(ctx.group_keys), failed_metrics=failed
-    )
+    data = {
+        "metrics": per_metric,
+        "winner_changes": changes,
+        "pool": pool,
+        "num_prompts": len(ctx.group_keys),
+        "failed_metrics": failed,
+    }
 
     fig = Figure(figsize=(1.3 * len(per_metric) + 4.0, 3.6))
     ax = fig.subplots()
@@ -1080,40 +781,7 @@ def _section_selection(ctx: _Context, section: _Section) -> None:
     ax.set_ylabel("share of the selected responses")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    name = ctx.save(fig, "selection_shares.png", section)
-
-    metrics = list(per_metric)
-    rows = [[_e(t)] + [_share_cell(per_metric[m], t) for m in metrics] for t in ctx.teacher_order]
-    rows.append(["<strong>selected</strong>"] + [str(per_metric[m]["num_selected"]) for m in metrics])
-    if ctx.correct is not None:
-        rows.append(
-            ["<strong>accuracy</strong>"]
-            + [f"{_pct(per_metric[m]['accuracy'])} (n={per_metric[m]['num_known_correct']})" for m in metrics]
-        )
-    change_rows = [[_e(c["a"]), _e(c["b"]), str(c["num_changed"]), str(c["num_common_prompts"])] for c in changes]
-    pool_line = (
-        f" Accuracy of the whole pool: {_pct(pool['accuracy'])} (n={pool['num_known_correct']}); accuracy counts "
-        "only rows with a known <code>correct</code>."
-        if pool
-        else ""
-    )
-    section.body = "\n".join(
-        [
-            f"<p>One response per prompt selected by each metric (best score; rsr lowest).{pool_line}</p>",
-            _table(["teacher"] + [f"by {_e(m)}" for m in metrics], rows),
-            _img(name, "teacher shares of the selected responses"),
-            "<p>Prompts whose selected response differs between two metrics (over the prompts both select for):</p>",
-            _table(["metric", "vs", "prompts changed", "prompts compared"], change_rows, numeric_from=2)
-            if change_rows
-            else "<p class='note'>Only one metric: nothing to compare.</p>",
-        ]
-    )
-    if failed:
-        section.body += (
-            "\n<p class='skipped'>Not selected by: "
-            + "; ".join(f"{_e(m)} ({_e(r)})" for m, r in failed.items())
-            + "</p>"
-        )
+    return data, [ctx.save(fig, "selection_shares.png")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1168,8 +836,8 @@ def _validate_rows(rows: Sequence[int] | None, n: int) -> list[int] | None:
     return out
 
 
-def _header(ctx: _Context, source: str | None, provenance: dict | None, sections: list[_Section]) -> tuple[str, dict]:
-    info = {
+def _header_info(ctx: _Context, source: str | None, provenance: dict | None) -> dict[str, Any]:
+    return {
         "input": source,
         "num_rows": ctx.n,
         "num_prompts": len(ctx.group_keys) if ctx.has_groups else None,
@@ -1182,42 +850,37 @@ def _header(ctx: _Context, source: str | None, provenance: dict | None, sections
         "has_correct": ctx.correct is not None,
         "provenance": provenance,
     }
-    counts = [f"{ctx.n} rows"]
-    counts.append(
-        f"{info['num_prompts']} prompts ({_e(ctx.group_by)})"
-        if ctx.has_groups
-        else f"no prompt column {_e(ctx.group_by)}"
+
+
+@cache
+def _page_template() -> jinja2.Template:
+    """The page template, shipped in model_cards/ like the card templates, autoescaping every value."""
+    resource = importlib.resources.files("model_cards").joinpath(REPORT_TEMPLATE)
+    if not resource.is_file():
+        raise LocalnatError(f"report template {resource} is missing; reinstall hf_localnat.")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(num=_num, pct=_pct, direction=_direction)
+    return env.from_string(resource.read_text(encoding="utf-8"))
+
+
+def _render_page(ctx: _Context, report: dict[str, Any], source: str | None, provenance: dict | None) -> str:
+    """``report.html``: the report (report.json's content) rendered by the template."""
+    sections = []
+    for number, (key, entry) in enumerate(report["sections"].items(), start=1):
+        section = {**entry, "key": key, "number": number}
+        if key == "step_profile" and entry["status"] == "ok" and ctx.html_steps:
+            section["coloured"] = _coloured_steps(ctx, entry["rows"])
+        sections.append(section)
+    return _page_template().render(
+        report=report,
+        sections=sections,
+        source=source,
+        provenance=provenance,
+        # As the header always showed it: the scorer's own config, keys sorted.
+        scorer_json=json.dumps((provenance or {}).get("scorer"), indent=1, sort_keys=True),
+        report_json=REPORT_JSON,
+        length_labels=LENGTH_COLUMNS,
     )
-    counts.append(
-        f"{info['num_teachers']} teachers ({_e(ctx.teacher_column)})"
-        if ctx.has_teachers
-        else f"no teacher column {_e(ctx.teacher_column)}"
-    )
-    items = [
-        f"<li>Input: <code>{_e(source or 'in-memory dataset')}</code></li>",
-        f"<li>{', '.join(counts)}</li>",
-        f"<li>Metrics: {', '.join(f'{_e(m)} ({_direction(m)})' for m in ctx.metrics) or 'none'}</li>",
-        f"<li>Step columns: {', '.join(info['step_columns']) or 'none'}"
-        + ("; <code>correct</code> present" if ctx.correct is not None else "")
-        + "</li>",
-    ]
-    if provenance:
-        student = provenance.get("student")
-        revision = provenance.get("revision")
-        items.append(
-            f"<li>Scored by student <code>{_e(student)}</code>"
-            + (f" at {_e(revision)}" if revision else "")
-            + f"; scorer config:<pre>{_e(json.dumps(provenance.get('scorer'), indent=1, sort_keys=True))}</pre></li>"
-        )
-    else:
-        items.append("<li>Scorer provenance: not recorded in this dataset.</li>")
-    contents = "".join(
-        f'<li><a href="#{s.key}">{_e(s.title)}</a>'
-        + ("" if s.status == "ok" else f" <span class='skipped'>(skipped: {_e(s.reason)})</span>")
-        + "</li>"
-        for s in sections
-    )
-    return f"<ul>{''.join(items)}</ul>\n<h3>Contents</h3><ol>{contents}</ol>", info
 
 
 def _jsonable(value: Any) -> Any:
@@ -1290,39 +953,26 @@ def build_report(
         for key in bar:
             bar.set_postfix_str(key, refresh=False)
             section = _Section(key)
+            saved_before = len(ctx.saved)
             try:
-                _SECTION_BUILDERS[key](ctx, section)
+                section.data, section.figures = _SECTION_BUILDERS[key](ctx)
             except _Skip as skip:
-                section.status, section.reason, section.body = "skipped", str(skip), ""
-                for name in section.figures:
+                section.status, section.reason, section.data = "skipped", str(skip), skip.data
+                for name in ctx.saved[saved_before:]:
                     (tmp / name).unlink(missing_ok=True)
-                section.figures = []
             sections.append(section)
         bar.close()
         provenance = scoring_provenance(scored)
-        header, info = _header(ctx, source, provenance, sections)
-        generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        report = {
-            "hf_localnat_version": __version__,
-            "generated": generated,
-            **info,
-            "sections": {s.key: s.to_json() for s in sections},
-        }
-        (tmp / REPORT_JSON).write_text(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
-        parts = []
-        for number, s in enumerate(sections, start=1):
-            content = s.body if s.status == "ok" else f"<p class='skipped'>Skipped: {_e(s.reason)}</p>"
-            parts.append(f'<section id="{s.key}">\n<h2>{number}. {_e(s.title)}</h2>\n{content}\n</section>')
-        page = (
-            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>hf_localnat report{_e(' - ' + source) if source else ''}</title><style>{_CSS}</style></head>\n"
-            f"<body>\n<h1>Naturalness report</h1>\n<p class='note'>hf_localnat {__version__}, {generated}. "
-            f"Every number here is also in <a href='{REPORT_JSON}'>{REPORT_JSON}</a>.</p>\n{header}\n"
-            + "\n".join(parts)
-            + "\n</body></html>\n"
+        report = _jsonable(
+            {
+                "hf_localnat_version": __version__,
+                "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                **_header_info(ctx, source, provenance),
+                "sections": {s.key: s.to_json() for s in sections},
+            }
         )
-        (tmp / REPORT_HTML).write_text(page, encoding="utf-8")
+        (tmp / REPORT_JSON).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+        (tmp / REPORT_HTML).write_text(_render_page(ctx, report, source, provenance), encoding="utf-8")
     return output / REPORT_HTML
 
 

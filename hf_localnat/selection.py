@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LocalnatError
+from .statistics import bootstrap_mean_ci
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ _HIGHER_IS_BETTER = ("naturalness", "logprob", "log_prob", "logp", "lalp", "grap
 _LOWER_IS_BETTER = ("rsr", "surprisal", "perplexity", "ppl", "nll", "loss", "neg_log", "negative_log")
 _NUMERIC_DTYPE_PREFIXES = ("int", "uint", "float", "double", "half", "decimal", "null")
 _MAX_LISTED_KEYS = 5
-_BOOTSTRAP_CHUNK_VALUES = 4_000_000  # resampled values held in memory at once
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -694,17 +694,8 @@ def _selection_config(config: SelectionConfig | None, options: dict[str, Any]) -
 
 
 def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values``, resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    chunk = max(1, _BOOTSTRAP_CHUNK_VALUES // max(n, 1))
-    means = np.empty(n_bootstrap, dtype=np.float64)
-    for start in range(0, n_bootstrap, chunk):
-        size = min(chunk, n_bootstrap - start)
-        means[start : start + size] = values[rng.integers(0, n, size=(size, n))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
+    """Percentile bootstrap CI of the mean of ``values``, resampled with replacement (scipy.stats.bootstrap)."""
+    return bootstrap_mean_ci(values, n_bootstrap, confidence, seed)
 
 
 def rank_teachers(

@@ -404,6 +404,29 @@ def test_missing_step_columns_skip_cleanly(pool, tmp_path):
     assert_images_ok(tmp_path / "r", page, report)
 
 
+def test_page_escapes_user_text(tmp_path):
+    # The template autoescapes: teacher names and the source are text, never markup.
+    evil = "<script>alert('x')</script>"
+    rows = [
+        {"prompt_id": f"p{i % 3}", "teacher": [evil, 'b"q'][i % 2], "local_naturalness": -1.0 - 0.1 * i}
+        for i in range(12)
+    ]
+    path = build_report(datasets.Dataset.from_list(rows), tmp_path / "r", n_boot=N_BOOT, progress=False, source=evil)
+    page = path.read_text()
+    assert "<script>" not in page and page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") >= 4
+    assert "b&#34;q" in page and 'b"q' not in page
+    report = json.loads((tmp_path / "r" / REPORT_JSON).read_text())
+    assert report["sections"]["ranking"]["order"][0] in (evil, 'b"q')  # report.json keeps the raw text
+
+
+def test_page_template_ships_with_the_cards():
+    from importlib.resources import files
+
+    from hf_localnat.report import REPORT_TEMPLATE
+
+    assert files("model_cards").joinpath(REPORT_TEMPLATE).is_file()
+
+
 def test_output_folder_rules(pool, tmp_path):
     small = pool.select_columns(["prompt_id", "teacher", "local_naturalness"])
     busy = tmp_path / "busy"
