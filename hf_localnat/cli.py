@@ -2,7 +2,7 @@
 
 Each sub-command parses a tuple of dataclasses whose fields carry their own help, as TRL's scripts do
 (``ScoreArguments, StudentArguments, ScoringConfig``): every option is defined once, in the class it belongs to,
-and composed. Flags use the field names (``--group_by``; HfArgumentParser also accepts ``--group_by``). Every
+and composed. Flags use the field names (``--group_by``; HfArgumentParser also accepts them with dashes). Every
 command takes ``--config FILE.yaml`` with the same names, as ``trl sft`` does; flags on the command line win.
 A class's ``MIN_VALUES`` bounds its numeric fields; every bound is checked before any data or model is loaded.
 User mistakes print one ``hf-localnat: error: ...`` line and exit 2, without a traceback.
@@ -237,8 +237,8 @@ def run_score(args: ScoreArguments, student: StudentArguments, scoring: ScoringC
             ds = load_rows(input_path, split=args.split)  # the main process fills the datasets cache first
         flags = flags_for(scoring, "prompt_column", "response_column")
         require_columns(ds, [scoring.prompt_column, scoring.response_column], input_path, flags)
-        require_text(ds, scoring.prompt_column, input_path, allow_none=False, flag="--prompt_column")
-        require_text(ds, scoring.response_column, input_path, flag="--response_column")
+        require_text(ds, scoring.prompt_column, input_path, allow_none=False, flags=flags)
+        require_text(ds, scoring.response_column, input_path, flags=flags)
         if args.limit is not None:
             ds = ds.select(range(min(args.limit, len(ds))))
         scorer = build_scorer(student, scoring, device=state.device if state is not None else None)
@@ -369,14 +369,15 @@ def run_train(args: TrainArguments, student: StudentArguments, config) -> None:
         check_output(output_dir, "training", inputs=inputs, overwrite=True, flag="--output_dir")
     pool = load_rows(args.pool, split=args.split)
     columns = [config.prompt_column, config.response_column, config.group_by]
-    require_columns(pool, columns, args.pool, flags_for(config, "prompt_column", "response_column", "group_by"))
-    require_text(pool, config.prompt_column, args.pool, allow_none=False, flag="--prompt_column")
-    require_text(pool, config.response_column, args.pool, flag="--response_column")
+    flags = flags_for(config, "prompt_column", "response_column", "group_by")
+    require_columns(pool, columns, args.pool, flags)
+    require_text(pool, config.prompt_column, args.pool, allow_none=False, flags=flags)
+    require_text(pool, config.response_column, args.pool, flags=flags)
     # The trainer places the model; load on CPU in float32 and let accelerate move it.
     model, tokenizer = load_student(student.student, device="cpu", dtype="float32")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    get_splitter(config.splitter, tokenizer=tokenizer)
+    get_splitter(config.splitter, min_step_chars=config.min_step_chars, tokenizer=tokenizer)
     created = not output_dir.exists()
     try:
         trainer = ReselectingSFTTrainer(model=model, args=config, candidate_dataset=pool, processing_class=tokenizer)
@@ -488,7 +489,8 @@ def run_push_selection(args: PushSelectionArguments, selection: SelectionConfig,
         group_by = selection.group_by
         if selected_ids_sha256(again, group_by, teacher) != selected_ids_sha256(selected, group_by, teacher):
             raise LocalnatError(
-                f"{selected_path} is not what `select {args.scored} {' '.join(selection.command_args())}` gives. "
+                f"{selected_path} is not what `select {args.scored} {' '.join(selection.command_args(every=True))}` "
+                "gives. "
                 "Pass the flags (or the --config) the selection was made with."
             )
     where = push_selection(

@@ -155,9 +155,12 @@ def require_columns(ds: Dataset, columns: Iterable[str], source: str, flags: dic
             raise LocalnatError(f"{source}: column {column!r} not found (columns: {', '.join(ds.column_names)}).{fix}")
 
 
-def require_text(ds: Dataset, column: str, source: str, allow_none: bool = True, flag: str | None = None) -> None:
-    """Check that a column holds strings; name the first offending row otherwise (and ``flag``, the option that
-    picks another column, if there is one)."""
+def require_text(
+    ds: Dataset, column: str, source: str, allow_none: bool = True, flags: dict[str, str] | None = None
+) -> None:
+    """Check that a column holds strings; name the first offending row otherwise, and the option that picks
+    another column (``flags``: column -> flag, as for :func:`require_columns`)."""
+    flag = (flags or {}).get(column)
     feature = ds.features[column]
     if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
         if allow_none:

@@ -96,7 +96,7 @@ def run_demo(args: DemoArguments, student: StudentArguments, scoring: ScoringCon
     print("\nTeacher ranking, best first (mean score over prompts [bootstrap 95% CI]; rsr: lower is better):")
     print(side_by_side(tables, accuracy))
 
-    chosen = {by: select_responses(scored, by=by, group_by="prompt_id", k=1) for by in tables}
+    chosen = {by: select_responses(scored, by=by) for by in tables}  # one per prompt (the default k, group_by)
     print("\nSelection (one response per prompt):")
     for by, rows in chosen.items():
         shares = Counter(rows["teacher"]).most_common()
@@ -113,7 +113,7 @@ def run_demo(args: DemoArguments, student: StudentArguments, scoring: ScoringCon
         chosen[by],
         to_dir=folder,
         scored=scored,
-        selection_config=SelectionConfig(by=by, group_by="prompt_id", k=1),
+        selection_config=SelectionConfig(by=by),
         source_dataset=f"hf_localnat/data/{DEMO_POOL} (embedded demo pool)",
         overwrite=overwrite,
     )

@@ -83,7 +83,7 @@ def _selection_config(config: SelectionConfig | dict[str, Any] | None, selected:
     if isinstance(config, SelectionConfig):
         return config
     if config is None:
-        by = next((c for c in METRIC_COLUMNS.values() if c in selected.column_names), "local_naturalness")
+        by = next((c for c in METRIC_COLUMNS.values() if c in selected.column_names), SelectionConfig.by)
         return SelectionConfig(by=by)
     names = [f.name for f in dataclasses.fields(SelectionConfig)]
     unknown = set(config) - set(names)
@@ -229,7 +229,9 @@ def selection_yaml(config: SelectionConfig) -> str:
     """
     import yaml
 
-    values = {key: value for key, value in config.to_dict().items() if value is not None}
+    # A callable where has no YAML form: the card's metadata names it, and this file leaves it out.
+    skip = {"where"} if callable(config.where) else set()
+    values = {key: value for key, value in config.to_dict().items() if value is not None and key not in skip}
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 

@@ -357,8 +357,8 @@ def row_metrics(
     plan: RowPlan,
     results: Sequence[TokenScores],
     metrics: tuple[str, ...],
-    step_aggregate: str = "step_mean",
-    drop_first_token: bool = False,
+    step_aggregate: str,
+    drop_first_token: bool,
 ) -> tuple[dict[str, float | None], list[float | None]]:
     """Turn the engine's results for one row into metric values and per-step mean log-probs."""
     values: dict[str, float | None] = {METRIC_COLUMNS[m]: None for m in metrics}

@@ -86,6 +86,9 @@ def _weight_probe(model: PreTrainedModel) -> str:
     return digest.hexdigest()[:16]
 
 
+_SCORING_FIELDS = frozenset(f.name for f in dataclasses.fields(ScoringConfig)) - {"metrics"}
+
+
 class NaturalnessScorer:
     """Score prompt/response rows with a student model; use it as ``dataset.map(scorer, batched=True)``.
 
@@ -145,6 +148,13 @@ class NaturalnessScorer:
     def metrics(self) -> tuple[str, ...]:
         """The metrics this scorer computes (short names)."""
         return self.config.metric_names
+
+    def __getattr__(self, name: str) -> Any:
+        # scorer.window, scorer.prompt_column, ...: the config's fields, read as the scorer's own (as before
+        # ScoringConfig existed). Only those names: any other missing attribute is still an AttributeError.
+        if name in _SCORING_FIELDS and "config" in self.__dict__:
+            return getattr(self.config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- identity and pickling: never the weights --------------------------------------------------------
 

@@ -109,7 +109,13 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None or NaN: a value that is not there (a group key, a score).
+
+    Example:
+        >>> is_missing(None), is_missing(float("nan")), is_missing(0)
+        (True, True, False)
+    """
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
@@ -186,7 +192,7 @@ class _WhereExpression:
 
             def truth(row: dict) -> bool | None:
                 value = value_of(row)
-                return _UNKNOWN if _is_missing(value) else bool(value)
+                return _UNKNOWN if is_missing(value) else bool(value)
 
             return truth
         raise self._unsupported(node)
@@ -260,7 +266,7 @@ def _compare_pair(op: ast.cmpop, left: Any, right: Any, text: str) -> bool | Non
     if kind is ast.IsNot:
         return not _same(left, right)
     if kind in _ORDERING:
-        if _is_missing(left) or _is_missing(right):
+        if is_missing(left) or is_missing(right):
             return _UNKNOWN
         try:
             return bool(_ORDERING[kind](left, right))
@@ -394,7 +400,7 @@ def group_codes(keys: Sequence, column: str) -> tuple[np.ndarray, list]:
 
 def _without_group(keys: Sequence, column: str, what: str) -> np.ndarray:
     """Rows whose group key is missing (None/NaN): they share no prompt with anything, so they are left out."""
-    missing = np.fromiter((_is_missing(key) for key in keys), dtype=bool, count=len(keys))
+    missing = np.fromiter((is_missing(key) for key in keys), dtype=bool, count=len(keys))
     if missing.any():
         logger.warning(
             "%d row(s) have no %r (None) and are left out of the %s. Fill the column to include them.",
@@ -479,52 +485,6 @@ def _select_with_rank(dataset: datasets.Dataset, indices: list[int], ranks: list
     return dataset.add_column(RANK_COLUMN, full, feature=feature).select(indices)
 
 
-@dataclass
-class SelectionReport:
-    """What :func:`select_responses` did: rows and groups before/after the filter, and groups left unscored.
-
-    ``num_groups`` counts the groups with at least one row passing ``where``; ``groups_without_score`` lists
-    those of them whose rows all have a missing (None/NaN) score, in order of first appearance. They get no
-    row in the output; ``num_groups_selected`` counts the others.
-
-    Example:
-        >>> report = SelectionReport(num_rows=6, num_rows_after_where=5, num_groups=3, num_groups_selected=2,
-        ...                          groups_without_score=["p3"], num_rows_selected=2, by="rsr", k=1,
-        ...                          higher_is_better=False)
-        >>> print(report.summary())
-        Selected 2 rows (top 1 per group by rsr, lower is better) from 2 of 3 groups; 5 of 6 rows passed where
-        1 group(s) had no valid rsr score and got no row: 'p3'.
-    """
-
-    num_rows: int
-    num_rows_after_where: int
-    num_groups: int
-    num_groups_selected: int
-    groups_without_score: list = field(default_factory=list)
-    num_rows_selected: int = 0
-    by: str = ""
-    k: int = 1
-    higher_is_better: bool = True
-
-    def summary(self) -> str:
-        """One line, plus a second naming the groups without a valid score when there are any."""
-        direction = "higher" if self.higher_is_better else "lower"
-        line = (
-            f"Selected {self.num_rows_selected} rows (top {self.k} per group by {self.by}, "
-            f"{direction} is better) from {self.num_groups_selected} of {self.num_groups} groups"
-        )
-        if self.num_rows_after_where != self.num_rows:
-            line += f"; {self.num_rows_after_where} of {self.num_rows} rows passed where"
-        else:
-            line += f" ({self.num_rows} rows)"
-        if self.groups_without_score:
-            line += (
-                f"\n{len(self.groups_without_score)} group(s) had no valid {self.by} score and got no row: "
-                f"{_preview(self.groups_without_score)}."
-            )
-        return line
-
-
 @dataclass(frozen=True)
 class SelectionConfig:
     """How responses are selected from scored rows: the one definition of the selection options.
@@ -534,7 +494,7 @@ class SelectionConfig:
 
     Example:
         >>> SelectionConfig(by="rsr", k=2).command_args()
-        ['--by', 'rsr', '--group_by', 'prompt_id', '--k', '2']
+        ['--by', 'rsr', '--k', '2']
         >>> SelectionConfig(by="rsr").is_higher_better()
         False
     """
@@ -566,13 +526,63 @@ class SelectionConfig:
             out["where"] = f"callable:{getattr(self.where, '__qualname__', type(self.where).__name__)}"
         return out
 
-    def command_args(self) -> list[str]:
-        """The ``hf-localnat select`` flags that repeat this selection."""
-        args = ["--by", self.by, "--group_by", self.group_by, "--k", str(self.k)]
-        args += ["--where", self.where] if isinstance(self.where, str) and self.where else []
-        if self.higher_is_better is not None:
-            args += ["--higher_is_better", str(self.higher_is_better).lower()]
+    def command_args(self, every: bool = False) -> list[str]:
+        """The ``hf-localnat select`` flags that repeat this selection: those of the options that differ from
+        their defaults, or with ``every`` all those with a value (a callable ``where`` has no flag)."""
+        default = SelectionConfig()
+        args: list[str] = []
+        for name, value in self.to_dict().items():
+            unneeded = value is None if every else value == getattr(default, name)
+            if unneeded or (name == "where" and callable(self.where)):
+                continue
+            args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
         return args
+
+
+@dataclass
+class SelectionReport:
+    """What :func:`select_responses` did: rows and groups before/after the filter, and groups left unscored.
+
+    ``num_groups`` counts the groups with at least one row passing ``where``; ``groups_without_score`` lists
+    those of them whose rows all have a missing (None/NaN) score, in order of first appearance. They get no
+    row in the output; ``num_groups_selected`` counts the others.
+
+    Example:
+        >>> report = SelectionReport(num_rows=6, num_rows_after_where=5, num_groups=3, num_groups_selected=2,
+        ...                          groups_without_score=["p3"], num_rows_selected=2, by="rsr", k=1,
+        ...                          higher_is_better=False)
+        >>> print(report.summary())
+        Selected 2 rows (top 1 per group by rsr, lower is better) from 2 of 3 groups; 5 of 6 rows passed where
+        1 group(s) had no valid rsr score and got no row: 'p3'.
+    """
+
+    num_rows: int
+    num_rows_after_where: int
+    num_groups: int
+    num_groups_selected: int
+    groups_without_score: list = field(default_factory=list)
+    num_rows_selected: int = 0
+    by: str = ""
+    k: int = SelectionConfig.k
+    higher_is_better: bool = True
+
+    def summary(self) -> str:
+        """One line, plus a second naming the groups without a valid score when there are any."""
+        direction = "higher" if self.higher_is_better else "lower"
+        line = (
+            f"Selected {self.num_rows_selected} rows (top {self.k} per group by {self.by}, "
+            f"{direction} is better) from {self.num_groups_selected} of {self.num_groups} groups"
+        )
+        if self.num_rows_after_where != self.num_rows:
+            line += f"; {self.num_rows_after_where} of {self.num_rows} rows passed where"
+        else:
+            line += f" ({self.num_rows} rows)"
+        if self.groups_without_score:
+            line += (
+                f"\n{len(self.groups_without_score)} group(s) had no valid {self.by} score and got no row: "
+                f"{_preview(self.groups_without_score)}."
+            )
+        return line
 
 
 def top_k_per_group(
@@ -605,7 +615,7 @@ def top_k_per_group(
 
 def select_responses(
     dataset: datasets.Dataset,
-    config: SelectionConfig | None = None,
+    config: SelectionConfig | str | None = None,
     *,
     return_report: bool = False,
     **options: Any,
@@ -621,7 +631,7 @@ def select_responses(
 
     Args:
         dataset: scored rows.
-        config: a :class:`SelectionConfig` (by, group_by, k, where, higher_is_better).
+        config: a :class:`SelectionConfig` (by, group_by, k, where, higher_is_better), or just the ``by`` column.
         return_report: also return a :class:`SelectionReport`.
         **options: any :class:`SelectionConfig` field, applied on top of ``config`` (``by="rsr", k=2``).
 
@@ -678,7 +688,10 @@ def select_responses(
     return selected, report
 
 
-def _selection_config(config: SelectionConfig | None, options: dict[str, Any]) -> SelectionConfig:
+def _selection_config(config: SelectionConfig | str | None, options: dict[str, Any]) -> SelectionConfig:
+    if isinstance(config, str):  # select_responses(ds, "rsr"): the score column, as before configs existed
+        config = SelectionConfig(by=config, **options)
+        options = {}
     if config is not None and not isinstance(config, SelectionConfig):
         raise LocalnatError(f"config={config!r}: pass a SelectionConfig (or its fields as keyword arguments).")
     names = [f.name for f in fields(SelectionConfig)]
@@ -700,9 +713,9 @@ def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, confidence: float, seed:
 
 def rank_teachers(
     dataset: datasets.Dataset,
-    by: str = "local_naturalness",
+    by: str = SelectionConfig.by,
     teacher_column: str = "teacher",
-    group_by: str = "prompt_id",
+    group_by: str = SelectionConfig.group_by,
     higher_is_better: bool | None = None,
     n_bootstrap: int = 1000,
     confidence: float = 0.95,

@@ -24,6 +24,7 @@ from trl import SFTConfig, SFTTrainer
 
 from trainer_callbacks import ReselectCallback, SelectionHistoryCallback
 from trainer_callbacks.history import HISTORY_FILE
+from trainer_callbacks.reselect import EMPTY_SLOT
 
 from .errors import LocalnatError
 from .hub import TRAINING_ARGS_FILE, student_base_model, student_card, training_args_summary
@@ -200,8 +201,11 @@ class ReselectingSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # A batch made only of empty slots (every label masked) has no token to learn from: its loss is 0, not 0/0.
-        if num_items_in_batch is not None and int(num_items_in_batch) == 0:
-            num_items_in_batch = torch.ones_like(num_items_in_batch) if torch.is_tensor(num_items_in_batch) else 1
+        # TRL's default loss clamps too; its other paths (compute_loss_func, label smoothing) may not. No sync here.
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.clamp(min=1)
+        elif num_items_in_batch is not None:
+            num_items_in_batch = max(num_items_in_batch, 1)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
@@ -250,5 +254,6 @@ class ReselectingSFTTrainer(SFTTrainer):
         return self.reselect_callback.state.history
 
     def selected_rows(self) -> datasets.Dataset:
-        """The pool rows selected now, one per slot, in slot order."""
-        return self.reselect_callback.pool.select(self.reselect_callback.state.selected)
+        """The pool rows selected now, one per served slot, in slot order (empty slots serve no row)."""
+        callback = self.reselect_callback
+        return callback.pool.select([row for row in callback.state.selected if row != EMPTY_SLOT])

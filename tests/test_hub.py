@@ -91,7 +91,7 @@ def test_selection_folder_loads_back_and_its_card_says_how_it_was_made(tmp_path:
     for metric in ("global_naturalness", "local_naturalness", "rsr"):
         assert f"### {metric} (" in text
     assert "![local_naturalness of selected and rejected rows](score_histogram.png)" in text
-    assert "hf-localnat select scored.parquet --by local_naturalness --group_by prompt_id --k 1" in text
+    assert "hf-localnat select scored.parquet --output selected.parquet" in text  # every option at its default
     assert "2510.03988" in text and "2601.14249" in text  # rsr was computed, so its paper is cited
 
 

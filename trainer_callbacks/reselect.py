@@ -23,9 +23,16 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 
 from hf_localnat.distributed import destroy_process_group_at_exit
 from hf_localnat.errors import LocalnatError
-from hf_localnat.metrics import ScoringConfig, prompt_ids
+from hf_localnat.metrics import METRIC_COLUMNS, ScoringConfig, prompt_ids
 from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
-from hf_localnat.selection import SelectionConfig, group_codes, top_k_per_group, where_mask
+from hf_localnat.selection import (
+    SelectionConfig,
+    compile_where,
+    group_codes,
+    is_missing,
+    top_k_per_group,
+    where_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +155,8 @@ class ReselectCallback(TrainerCallback):
         scoring_options, selection_options = split_options(options)
         self.selection = dataclasses.replace(selection or SelectionConfig(), **selection_options)
         # The one metric this selection needs: the column `by` names (local_naturalness -> local).
+        if self.selection.by not in METRIC_COLUMNS.values():
+            raise LocalnatError(f"by={self.selection.by!r}: use {', '.join(METRIC_COLUMNS.values())}.")
         scoring_options["metrics"] = self.selection.by
         self.scoring = dataclasses.replace(scoring or ScoringConfig(), **scoring_options)
         self.higher_is_better = self.selection.is_higher_better()
@@ -171,16 +180,21 @@ class ReselectCallback(TrainerCallback):
         self._round_seconds = 0.0
         self._examples: dict[int, dict[str, list[int]]] = {}
 
-        # Candidates: a prompt to compete for, something to score, and the where filter passed.
+        # Candidates: a prompt to compete for, something to score, and the where filter passed. A filter on the
+        # score itself (`where="local_naturalness > -2"`) is applied in every round, to that round's scores.
         groups = pool[group_by]
         responses = pool[response_column]
-        eligible = np.array([g is not None and bool(r and r.strip()) for g, r in zip(groups, responses, strict=True)])
-        ungrouped = sum(g is None for g in groups)
-        if ungrouped:
+        grouped = np.array([not is_missing(g) for g in groups], dtype=bool)
+        eligible = grouped & np.array([bool(r and r.strip()) for r in responses], dtype=bool)
+        if (~grouped).any():
+            ungrouped = int((~grouped).sum())
             logger.warning("%d pool row(s) have no %r and are left out of the selection.", ungrouped, group_by)
-        passed = where_mask(pool, self.selection.where)
-        if passed is not None:
-            eligible &= passed
+        predicate = compile_where(self.selection.where)
+        self._where_on_score = predicate is not None and self.by in getattr(predicate, "columns", [])
+        if not self._where_on_score:
+            passed = where_mask(pool, self.selection.where)
+            if passed is not None:
+                eligible &= passed
         self.codes, group_keys = group_codes(groups, group_by)
         self._code_of = {key: code for code, key in enumerate(group_keys)}
         self.eligible = eligible
@@ -250,8 +264,7 @@ class ReselectCallback(TrainerCallback):
         if (
             first
             and self._preset_scores is not None
-            and self._scores_match(model)
-            and all(self._preset_scores[r] is not None for rows in self.rows_by_group.values() for r in rows)
+            and self._scores_match(model)  # then a None there is what scoring would give again (too long, ...)
         ):
             todo: list[Any] = []
             self.state.scores = list(self._preset_scores)
@@ -360,7 +373,13 @@ class ReselectCallback(TrainerCallback):
     def _select(self) -> list[int]:
         """The selection of this round, made as ``select_responses`` makes it (:func:`top_k_per_group`)."""
         scores = np.array([np.nan if v is None else v for v in self.state.scores], dtype=np.float64)
-        rows, ranks = top_k_per_group(scores, self.codes, self.eligible, self.k, self.higher_is_better)
+        eligible = self.eligible
+        if self._where_on_score:  # the filter reads this round's scores, as select_responses reads the column
+            columns = [c for c in compile_where(self.selection.where).columns if c != self.by]
+            values = {c: self.pool[c] for c in columns} | {self.by: list(self.state.scores)}
+            view = datasets.Dataset.from_dict(values)
+            eligible = eligible & where_mask(view, self.selection.where)
+        rows, ranks = top_k_per_group(scores, self.codes, eligible, self.k, self.higher_is_better)
         chosen = {(int(self.codes[row]), int(rank) - 1): int(row) for row, rank in zip(rows, ranks, strict=True)}
         return [chosen.get((self._code_of[group], rank), EMPTY_SLOT) for group, rank in self.state.slots]
 
@@ -402,7 +421,9 @@ class ReselectCallback(TrainerCallback):
         )
         if not same_pool:
             raise LocalnatError(
-                f"{checkpoint}: its selection was made on another candidate pool. Resume with the same pool."
+                f"{checkpoint}: its selection has {len(saved.slots)} slots over {len(saved.scores)} rows, where this "
+                f"pool and k give {len(self.state.slots)} over {len(self.pool)}: it was made on another candidate "
+                "pool (or with another k, where, or an earlier hf_localnat). Resume with the same pool and options."
             )
         self.state = saved
         return True
