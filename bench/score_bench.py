@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_localnat.metrics import parse_window
+
 REPO = Path(__file__).resolve().parents[1]
 MATH_L5 = REPO.parent / "shared" / "data" / "multiteacher" / "zeroeval_math_l5.jsonl"
 
@@ -173,9 +175,10 @@ def floor_flops(model, token_forwards: float, context_sum: float, scored: int) -
     return 2 * body * token_forwards + attention + 2 * cfg.hidden_size * cfg.vocab_size * scored
 
 
-def work_counts(tokenizer, rows: Rows, window: int, local: bool) -> tuple[int, float, float]:
+def work_counts(tokenizer, rows: Rows, window, local: bool, share: bool = True) -> tuple[int, float, float]:
     """(scored response tokens, token-forwards, summed attention context) with each prompt counted once per
-    response and each local window re-read for its step."""
+    response and each local window re-read for its step; with ``share``, consecutive steps whose windows start at
+    the same step read it once, as the engine does (the least work that gives every step its exact context)."""
     from hf_localnat.metrics import prompt_ids, window_size
     from hf_localnat.segmentation import assign_tokens_to_steps, split_steps
 
@@ -194,11 +197,20 @@ def work_counts(tokenizer, rows: Rows, window: int, local: bool) -> tuple[int, f
         owner = assign_tokens_to_steps([s for s, _ in enc["offset_mapping"]], split_steps(response))
         sizes = np.bincount(owner)
         sizes = sizes[sizes > 0].tolist()
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        read_start = None  # the window start already read for the previous step (shared)
         for j, size in enumerate(sizes):
             w = window_size(window, j)
-            ctx = sum(sizes[j - w : j]) if w else 0
+            start = j - w
+            ctx = offsets[j] - offsets[start]
             covered = w >= j  # reads the full-context pass: no extra window
-            forwards += size if covered else ctx + size
+            if covered:
+                forwards += size
+            elif share and start == read_start:
+                forwards += size  # the same request goes on: only this step's tokens are new
+            else:
+                forwards += ctx + size
+            read_start = None if covered else start
             context += size * (p + ctx + size / 2)
     return scored, forwards, context
 
@@ -268,7 +280,12 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--prompt_tokens", "--prompt-tokens", type=int, default=256, help="Prompt length for --synthetic."
     )
-    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--window", type=parse_window, default=4, help="An int >= 1, or a fraction in (0, 1).")
+    parser.add_argument("--metrics", default="global,local", help="Which of global and local to time.")
+    parser.add_argument(
+        "--no_window_sharing", "--no-window-sharing", action="store_true",
+        help="One request per local window, as before fraction windows were shared (to measure the saving).",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, ... (default: bf16 on CUDA, fp32 on CPU).")
     parser.add_argument("--max_tokens_per_batch", "--max-tokens-per-batch", type=int, default=16384)
@@ -281,8 +298,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="Also write the results to this JSON file.")
     args = parser.parse_args(argv)
 
+    import hf_localnat.metrics
     from hf_localnat import NaturalnessScorer
 
+    hf_localnat.metrics.SHARE_WINDOWS = not args.no_window_sharing
     device = torch.device(args.device)
     model, tokenizer = load_student(args)
     rows = synthetic_rows(args.synthetic, args.prompt_tokens, tokenizer) if args.synthetic else real_rows(args.rows)
@@ -293,14 +312,15 @@ def main(argv=None) -> int:
     cpu = platform.processor() or platform.machine()
     print(f"# score_bench: {name}, {dtype}, {device} ({cpu}, {torch.get_num_threads()} threads{gpu})")
     print(
-        f"# {len(rows.responses)} responses, window {args.window}, matmul rate {rate / 1e9:.1f} GFLOP/s, "
+        f"# {len(rows.responses)} responses, window {args.window}, window sharing "
+        f"{'off' if args.no_window_sharing else 'on'}, matmul rate {rate / 1e9:.1f} GFLOP/s, "
         f"torch {torch.__version__}, python {sys.version.split()[0]}"
     )
 
     results = {}
-    for metric in ("global", "local"):
+    for metric in [m.strip() for m in args.metrics.split(",")]:
         local = metric == "local"
-        scored, forwards, context = work_counts(tokenizer, rows, args.window, local)
+        scored, forwards, context = work_counts(tokenizer, rows, args.window, local, not args.no_window_sharing)
         floor_s = floor_flops(model, forwards, context, scored) / rate
         scorer = NaturalnessScorer(
             model, tokenizer, metrics=(metric,), window=args.window, max_tokens_per_batch=args.max_tokens_per_batch

@@ -77,6 +77,9 @@ class LogProbEngine:
         max_batch_size: most requests in one forward pass.
         min_batch_fill: least share of real (non-padding) tokens in a batch (default 0.95 on CPU, 0.75 on GPU).
         prefix_cache_min_ratio: encode a shared prefix once when it is at least this share of the mean suffix.
+        max_cached_suffix: a request with a longer suffix re-reads its prefix instead of attending to the cache:
+            attention over a cache needs an explicit ``[suffix, prefix + suffix]`` mask, which grows with the square
+            of a long response, while a pass from the start runs with the causal fast path and no mask at all.
 
     Example:
         >>> engine = LogProbEngine(model)  # doctest: +SKIP
@@ -92,6 +95,7 @@ class LogProbEngine:
         max_batch_size: int = 64,
         min_batch_fill: float | None = None,
         prefix_cache_min_ratio: float = 0.5,
+        max_cached_suffix: int = 1024,
     ) -> None:
         self.model = model
         self.max_tokens_per_batch = max_tokens_per_batch
@@ -101,6 +105,7 @@ class LogProbEngine:
         on_cpu = next(model.parameters()).device.type == "cpu"
         self.min_batch_fill = min_batch_fill if min_batch_fill is not None else (0.95 if on_cpu else 0.75)
         self.prefix_cache_min_ratio = prefix_cache_min_ratio
+        self.max_cached_suffix = max_cached_suffix
         self._decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
         # transformers 5.24 renamed the decoder's `past_key_values` argument to `cache` (the old name goes in 5.40).
         decoder_args = inspect.signature(self._decoder.forward).parameters
@@ -138,14 +143,17 @@ class LogProbEngine:
                     results[i] = TokenScores(np.zeros(0, np.float32), np.zeros(0, np.int64) if with_ranks[i] else None)
                     continue
                 groups.setdefault(request.prefix, []).append(i)
-            cached = {
-                prefix for prefix, ids in groups.items() if self._worth_caching(prefix, [requests[i] for i in ids])
+            short = {
+                prefix: [i for i in ids if requests[i].num_suffix_tokens <= self.max_cached_suffix]
+                for prefix, ids in groups.items()
             }
-            # Every other request carries its prefix in its own input and is batched freely.
-            folded = [i for prefix, ids in groups.items() if prefix not in cached for i in ids]
+            cached = {p for p, ids in short.items() if self._worth_caching(p, [requests[i] for i in ids])}
+            on_cache = {i for prefix in cached for i in short[prefix]}
+            # Every other request (and every long one) carries its prefix in its own input and is batched freely.
+            folded = [i for ids in groups.values() for i in ids if i not in on_cache]
             self._run_group((), [requests[i] for i in folded], folded, with_ranks, results, on_tokens, fold_prefix=True)
             for prefix in cached:
-                ids = groups[prefix]
+                ids = short[prefix]
                 self._run_group(prefix, [requests[i] for i in ids], ids, with_ranks, results, on_tokens)
         finally:
             self.model.train(was_training)

@@ -26,7 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .answers import grade_response, reference_answer
 from .errors import LocalnatError
-from .student import StudentArguments
+from .metrics import ScoringConfig, with_fields_of
+from .student import StudentArguments, context_length
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ Z_95 = 1.959963984540054
 
 
 @dataclass
+@with_fields_of(ScoringConfig, only=("chat_template_kwargs",))
 class EvaluateArguments:
     """``hf-localnat evaluate --benchmark FILE``: greedy accuracy of a student on a math benchmark."""
 
@@ -129,12 +131,17 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
     return low, high
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, problem: str, instruction: str) -> tuple[str, bool]:
+def _render(
+    tokenizer: PreTrainedTokenizerBase, problem: str, instruction: str, template_kwargs: dict[str, Any] | None = None
+) -> tuple[str, bool]:
     """The prompt text, and whether the tokenizer should add its special tokens (only without a chat template)."""
     content = f"{problem}\n\n{instruction}" if instruction else problem
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": content}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **(template_kwargs or {})
+        )
+        return text, False
     return content + "\n", True
 
 
@@ -146,10 +153,23 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list
 
 
 def _generate(
-    model: PreTrainedModel, prompts: list[list[int]], max_new_tokens: int, pad_id: int, eos_ids: list[int]
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    eos_ids: list[int],
+    max_positions: int | None = None,
 ) -> list[tuple[list[int], bool]]:
-    """Greedy continuations of a batch of token-id prompts, left-padded; each with whether it was cut off."""
+    """Greedy continuations of a batch of token-id prompts, left-padded; each with whether it was cut off.
+
+    With ``max_positions`` (the student's context), generation stops where the longest prompt would pass it: no
+    token is generated at a position the student was not built for.
+    """
     width = max(len(ids) for ids in prompts)
+    if max_positions is not None:
+        max_new_tokens = min(max_new_tokens, max_positions - width)
+        if max_new_tokens < 1:  # the prompt alone fills the context
+            return [([], True) for _ in prompts]
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts], device=model.device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=model.device)
     config = copy.deepcopy(model.generation_config)
@@ -176,8 +196,11 @@ def evaluate_student(
     progress: bool = True,
     *,
     instruction: str = DEFAULT_INSTRUCTION,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[dict], dict]:
     """Generate greedily for each problem and grade it; return per-problem records and accuracy metrics.
+
+    ``template_kwargs`` go to the chat template (``{"enable_thinking": False}``), as in scoring and training.
 
     Records (in problem order) hold ``index, problem, reference, generation, extracted_answer, answer_source,
     correct`` and ``truncated`` (stopped by ``max_new_tokens``). ``correct`` is None when no answer could be read;
@@ -195,12 +218,13 @@ def evaluate_student(
     if len(problems) != len(answers):
         raise ValueError(f"{len(problems)} problems but {len(answers)} answers: give one answer per problem.")
     eos_ids = _eos_ids(model, tokenizer)
+    positions = context_length(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     if not getattr(tokenizer, "chat_template", None):
         logger.warning("The student's tokenizer has no chat template: problems are given as plain text.")
     encoded = []
     for problem in problems:
-        text, special = _render(tokenizer, problem, instruction)
+        text, special = _render(tokenizer, problem, instruction, template_kwargs)
         encoded.append(tokenizer(text, add_special_tokens=special)["input_ids"])
     # Longest first: batches of similar lengths waste less padding, and an out-of-memory shows up at once.
     order = sorted(range(len(problems)), key=lambda i: -len(encoded[i]))
@@ -211,7 +235,8 @@ def evaluate_student(
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            outputs = _generate(model, [encoded[i] for i in batch], max_new_tokens, pad_id, eos_ids)
+            prompts = [encoded[i] for i in batch]
+            outputs = _generate(model, prompts, max_new_tokens, pad_id, eos_ids, max_positions=positions)
             for i, (tokens, truncated) in zip(batch, outputs, strict=True):
                 generation = tokenizer.decode(tokens, skip_special_tokens=True)
                 graded = grade_response(answers[i], generation)
@@ -314,11 +339,19 @@ def run_evaluate(args: EvaluateArguments, student: StudentArguments | None = Non
         from .outputs import check_output
 
         check_output(output, "file", inputs=[args.benchmark], overwrite=args.overwrite)
+    template_kwargs = ScoringConfig(chat_template_kwargs=args.chat_template_kwargs).template_kwargs  # checks the JSON
     problems, answers = load_benchmark(args.benchmark, args.problem_column, args.answer_column, args.limit)
     student = student or StudentArguments()
     model, tokenizer = load_student(student.student)
     records, metrics = evaluate_student(
-        model, tokenizer, problems, answers, args.max_new_tokens, args.batch_size, instruction=args.instruction
+        model,
+        tokenizer,
+        problems,
+        answers,
+        args.max_new_tokens,
+        args.batch_size,
+        instruction=args.instruction,
+        template_kwargs=template_kwargs,
     )
     if output is not None:
         _write_records(records, output, args.overwrite)

@@ -75,6 +75,10 @@ KEY_TRAINING_ARGS = (
     "include_prompt",
     "step_aggregate",
     "drop_first_token",
+    "min_step_chars",
+    "score_part",
+    "chat_template_kwargs",
+    "where",
 )
 _T = TypeVar("_T")
 

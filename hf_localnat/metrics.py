@@ -17,6 +17,7 @@ scored, and a window that does not fit leaves its step ``None``.
 
 from __future__ import annotations
 
+import json
 import math
 import typing
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from .segmentation import DEFAULT_MIN_STEP_CHARS, DEFAULT_SPLITTER
 METRIC_COLUMNS = {"global": "global_naturalness", "local": "local_naturalness", "rsr": "rsr"}
 RSR_RANK_CAP = 100
 STEP_AGGREGATES = ("step_mean", "token_mean")
+SCORE_PARTS = ("all", "reasoning", "answer")
 FALLBACK_PROMPT_FORMAT = "Question: {prompt}\nAnswer: "
 
 
@@ -150,6 +152,22 @@ class ScoringConfig:
             "fits the student's context after the prompt; nothing longer than the context is ever read."
         },
     )
+    chat_template_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": 'Extra chat-template arguments, as a JSON object, e.g. \'{"enable_thinking": false}\'. They reach '
+            "every apply_chat_template call: scoring, training and evaluate."
+        },
+    )
+    think_open: str = field(default="<think>", metadata={"help": "The opening reasoning tag."})
+    think_close: str = field(default="</think>", metadata={"help": "The closing reasoning tag."})
+    score_part: str = field(
+        default="all",
+        metadata={
+            "help": "Which steps enter the scores: all, reasoning (up to the closing tag) or answer (after it). "
+            "A response without the closing tag is all reasoning."
+        },
+    )
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -173,11 +191,22 @@ class ScoringConfig:
         for name in ("include_prompt", "drop_first_token", "return_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise LocalnatError(f"{name}={getattr(self, name)!r}: use True or False.")
+        put("chat_template_kwargs", _canonical_kwargs(self.chat_template_kwargs))
+        for name in ("think_open", "think_close"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
+                raise LocalnatError(f"{name}={getattr(self, name)!r}: name the tag, e.g. <think> and </think>.")
+        if self.score_part not in SCORE_PARTS:
+            raise LocalnatError(f"score_part={self.score_part!r}: use one of {', '.join(SCORE_PARTS)}.")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
         """The metrics as a tuple of short names, in canonical order."""
         return tuple(self.metrics.split(","))
+
+    @property
+    def template_kwargs(self) -> dict[str, Any]:
+        """``chat_template_kwargs`` as the dict ``apply_chat_template`` takes."""
+        return json.loads(self.chat_template_kwargs) if self.chat_template_kwargs else {}
 
     def to_dict(self) -> dict[str, Any]:
         """The form that goes into fingerprints, ``dataset.info`` provenance and cards (JSON-ready)."""
@@ -245,18 +274,89 @@ def with_fields_of(
     return decorate
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The student's context for a prompt: its chat template with one user turn and the generation prompt.
+def _canonical_kwargs(value: str | dict | None) -> str | None:
+    """Chat-template arguments as canonical JSON text (sorted keys), from a JSON string or a dict."""
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            example = '{"enable_thinking": false}'
+            raise LocalnatError(
+                f"chat_template_kwargs={value!r} is not JSON ({err}). Write an object, e.g. '{example}'."
+            ) from None
+    if not isinstance(value, dict):
+        raise LocalnatError(f"chat_template_kwargs={value!r}: use a JSON object (a mapping of names to values).")
+    return json.dumps(value, sort_keys=True)
 
-    Without a chat template: ``"Question: {prompt}\\nAnswer: "`` after the BOS token, if there is one.
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str, template_kwargs: dict[str, Any] | None = None) -> str:
+    """The student's context for a prompt, as text: its chat template with one user turn and the generation prompt
+    (``template_kwargs`` passed on, e.g. ``enable_thinking``). Without a chat template:
+    ``"Question: {prompt}\\nAnswer: "``.
+
+    Example:
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> from tokenizers import Tokenizer, models
+        >>> tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"x": 0}, unk_token="x")))
+        >>> tok.chat_template = "{{ messages[0]['content'] }}|{% if think %}<think>{% endif %}"
+        >>> prompt_text(tok, "2+2?"), prompt_text(tok, "2+2?", {"think": True})
+        ('2+2?|', '2+2?|<think>')
     """
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
         )
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = list(tokenizer(FALLBACK_PROMPT_FORMAT.format(prompt=prompt), add_special_tokens=False)["input_ids"])
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    return FALLBACK_PROMPT_FORMAT.format(prompt=prompt)
+
+
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, template_kwargs: dict[str, Any] | None = None
+) -> list[int]:
+    """The student's context for a prompt, as token ids (:func:`prompt_text`; BOS first without a chat template)."""
+    text = prompt_text(tokenizer, prompt, template_kwargs)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if getattr(tokenizer, "chat_template", None) or tokenizer.bos_token_id is None:
+        return ids
+    return [tokenizer.bos_token_id] + ids
+
+
+@dataclass(frozen=True)
+class ResponseView:
+    """The part of a response that is scored, and where its reasoning ends.
+
+    ``skip``: characters at the start that are not scored (the opening tag the prompt already holds);
+    ``text``: the rest, ``response[skip:]``; ``reasoning_end``: the offset in ``text`` just after the closing tag,
+    or None when there is none (then all of it is reasoning).
+    """
+
+    skip: int
+    text: str
+    reasoning_end: int | None
+
+
+def response_view(prompt: str, response: str, config: ScoringConfig) -> ResponseView:
+    """Apply the reasoning-tag rule: when the rendered prompt (trailing whitespace stripped) ends with the opening
+    tag and the response (leading whitespace stripped) starts with it, the response's leading whitespace, that
+    tag and the whitespace right after it are not scored: the prompt already said them.
+
+    Example:
+        >>> config = ScoringConfig()
+        >>> view = response_view("<|assistant|><think>\\n", " <think>\\nLet me add. 2+2=4.</think> 4", config)
+        >>> view.skip, view.text, view.text[: view.reasoning_end]
+        (9, 'Let me add. 2+2=4.</think> 4', 'Let me add. 2+2=4.</think>')
+        >>> response_view("<|assistant|>", "<think>Hm.</think>4", config).skip
+        0
+    """
+    skip = 0
+    stripped = response.lstrip()
+    if prompt.rstrip().endswith(config.think_open) and stripped.startswith(config.think_open):
+        skip = len(response) - len(stripped) + len(config.think_open)
+        skip += len(response[skip:]) - len(response[skip:].lstrip())
+    text = response[skip:]
+    close = text.find(config.think_close)
+    return ResponseView(skip, text, None if close < 0 else close + len(config.think_close))
 
 
 def start_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -277,9 +377,13 @@ class RowPlan:
     full: int | None = None  # request index: prompt + every response token (global, rsr)
     covered: int | None = None  # request index: the steps whose window reaches the start, in one pass
     num_covered_steps: int = 0
-    windows: dict[int, int] = field(default_factory=dict)  # step -> request index
+    windows: dict[int, tuple[int, int]] = field(default_factory=dict)  # step -> (request index, offset in its target)
+    step_keep: list[bool] = field(default_factory=list)  # whether each step enters the scores (score_part)
     full_too_long: bool = False  # the full-context metrics were wanted but do not fit: they are None
     steps_too_long: set[int] = field(default_factory=set)  # steps whose window does not fit: they are None
+
+
+SHARE_WINDOWS = True  # off only to measure what the sharing saves (bench/score_bench.py --no_window_sharing)
 
 
 def plan_row(
@@ -294,17 +398,24 @@ def plan_row(
     requests: list[ScoreRequest],
     context: int | None = None,
     max_response_tokens: int | None = None,
+    keep: Sequence[bool] | None = None,
 ) -> RowPlan:
     """Append this row's requests to ``requests`` and return its plan.
 
     ``context``: the longest request (prefix + context + target tokens) the student may read; None for no limit.
-    ``max_response_tokens``: longer responses get no full-context request.
+    ``max_response_tokens``: longer responses get no full-context request. ``keep``: per span, whether its step
+    enters the scores (``score_part``); steps left out still serve as context.
+
+    Consecutive steps whose windows start at the same step (fraction windows: ``window=0.5`` gives steps 6 and 7
+    both the context from step 3) are scored in one request: each reads exactly its own context, the earlier
+    steps of the group being part of it.
     """
     from .segmentation import assign_tokens_to_steps
 
     step_of_token = assign_tokens_to_steps(token_starts, spans)
     step_tokens: list[tuple[int, int]] = []
     step_spans: list[tuple[int, int]] = []
+    step_keep: list[bool] = []
     previous = -1
     for t, s in enumerate(step_of_token):
         if s == previous:
@@ -312,8 +423,9 @@ def plan_row(
         else:  # a step that no token starts in never appears here: it is skipped
             step_tokens.append((t, t + 1))
             step_spans.append((int(spans[s][0]), int(spans[s][1])))
+            step_keep.append(True if keep is None else bool(keep[s]))
             previous = s
-    plan = RowPlan(len(response_ids), step_tokens, step_spans)
+    plan = RowPlan(len(response_ids), step_tokens, step_spans, step_keep=step_keep)
     if not response_ids:
         return plan
     ids = tuple(response_ids)
@@ -335,21 +447,37 @@ def plan_row(
         local_prefix = prefix if include_prompt else tuple(bos)
         if include_prompt and plan.full is not None:
             plan.covered = plan.full
-        else:
+        elif any(step_keep[: plan.num_covered_steps]):
             # Step j of the covered steps reads prefix + steps 0..j; the pass stops at the last step that fits.
             fitting = [j for j in range(plan.num_covered_steps) if fits(len(local_prefix) + step_tokens[j][1])]
-            plan.steps_too_long.update(range(len(fitting), plan.num_covered_steps))
+            plan.steps_too_long.update(j for j in range(len(fitting), plan.num_covered_steps) if step_keep[j])
             if fitting:
                 plan.covered = len(requests)
                 requests.append(ScoreRequest(local_prefix, (), ids[: step_tokens[fitting[-1]][1]]))
+        group: list[int] = []  # consecutive steps sharing one request: same window start, all fitting
+
+        def flush() -> None:
+            if group:
+                context_start = step_tokens[group[0] - sizes[group[0]]][0]
+                start, end = step_tokens[group[0]][0], step_tokens[group[-1]][1]
+                for j in group:
+                    plan.windows[j] = (len(requests), step_tokens[j][0] - start)
+                requests.append(ScoreRequest(local_prefix, ids[context_start:start], ids[start:end]))
+                group.clear()
+
         for j in range(plan.num_covered_steps, len(step_tokens)):
             context_start = step_tokens[j - sizes[j]][0]
-            start, end = step_tokens[j]
-            if not fits(len(local_prefix) + end - context_start):
-                plan.steps_too_long.add(j)
+            end = step_tokens[j][1]
+            if not step_keep[j] or not fits(len(local_prefix) + end - context_start):
+                flush()
+                if step_keep[j]:
+                    plan.steps_too_long.add(j)
                 continue
-            plan.windows[j] = len(requests)
-            requests.append(ScoreRequest(local_prefix, ids[context_start:start], ids[start:end]))
+            same_start = group and context_start == step_tokens[group[0] - sizes[group[0]]][0]
+            if not (SHARE_WINDOWS and same_start):
+                flush()
+            group.append(j)
+        flush()
     return plan
 
 
@@ -365,25 +493,31 @@ def row_metrics(
     step_means: list[float | None] = []
     if plan.num_tokens == 0:
         return values, step_means
+    keep = plan.step_keep or [True] * len(plan.step_tokens)
     if plan.full is not None:
         full = results[plan.full]
-        logprobs = full.logprobs.astype(np.float64)
-        if "global" in metrics:
+        # The full-context metrics read the tokens of the steps score_part keeps (all of them by default).
+        mask = np.zeros(plan.num_tokens, dtype=bool)
+        for (start, end), kept_step in zip(plan.step_tokens, keep, strict=True):
+            mask[start:end] = kept_step
+        logprobs = full.logprobs.astype(np.float64)[mask]
+        if "global" in metrics and len(logprobs):
             values["global_naturalness"] = float(logprobs.mean())
-        if "rsr" in metrics:
+        if "rsr" in metrics and len(logprobs):
             surprisal = float(-logprobs.sum())
-            capped = float(np.minimum(full.ranks, RSR_RANK_CAP).sum())
+            capped = float(np.minimum(full.ranks[mask], RSR_RANK_CAP).sum())
             values["rsr"] = capped / surprisal if surprisal > 0 else None
     if "local" in metrics:
         per_step: list[np.ndarray | None] = []
         for j, (start, end) in enumerate(plan.step_tokens):
-            if j in plan.steps_too_long:
+            if j in plan.steps_too_long or not keep[j]:
                 per_step.append(None)
                 continue
             if j < plan.num_covered_steps:
                 lp = results[plan.covered].logprobs[start:end]
             else:
-                lp = results[plan.windows[j]].logprobs
+                request, offset = plan.windows[j]
+                lp = results[request].logprobs[offset : offset + end - start]
             per_step.append(lp[1:] if drop_first_token else lp)
         step_means = [float(lp.astype(np.float64).mean()) if lp is not None and len(lp) else None for lp in per_step]
         kept = [m for m in step_means if m is not None]

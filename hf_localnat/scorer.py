@@ -32,7 +32,16 @@ from . import __version__
 from .distributed import main_decides
 from .engine import LogProbEngine, ScoreRequest
 from .errors import LocalnatError
-from .metrics import METRIC_COLUMNS, ScoringConfig, plan_row, prompt_ids, row_metrics, start_ids
+from .metrics import (
+    METRIC_COLUMNS,
+    ScoringConfig,
+    plan_row,
+    prompt_ids,
+    prompt_text,
+    response_view,
+    row_metrics,
+    start_ids,
+)
 from .outputs import RunLock
 from .segmentation import get_splitter
 from .student import StudentSource, context_length, load_student
@@ -47,11 +56,13 @@ class LengthCounts:
     rows_without_full_context: int = 0
     steps_over_context: int = 0
     rows_with_steps_over_context: int = 0
+    think_tag_rows: int = 0  # rows whose opening reasoning tag the prompt already held (not scored twice)
 
-    def add(self, plan: Any) -> None:
+    def add(self, plan: Any, think_tag: bool = False) -> None:
         self.rows_without_full_context += int(plan.full_too_long)
         self.steps_over_context += len(plan.steps_too_long)
         self.rows_with_steps_over_context += int(bool(plan.steps_too_long))
+        self.think_tag_rows += int(think_tag)
 
     def __iadd__(self, other: LengthCounts) -> LengthCounts:
         for item in dataclasses.fields(self):
@@ -235,9 +246,9 @@ class NaturalnessScorer:
         single = not isinstance(batch[self.config.prompt_column], list)
         prompts = [batch[self.config.prompt_column]] if single else batch[self.config.prompt_column]
         responses = [batch[self.config.response_column]] if single else batch[self.config.response_column]
-        before = dataclasses.replace(self.length_counts)
+        before = dataclasses.replace(self.length_counts, think_tag_rows=0)
         columns = self.score(prompts, responses)
-        if self.length_counts != before and not self._warned_length:
+        if dataclasses.replace(self.length_counts, think_tag_rows=0) != before and not self._warned_length:
             self._warned_length = True  # once per scorer: a map over a long pool would repeat it per batch
             logger.warning("%s (Not repeated; scorer.length_counts keeps counting.)", self.length_counts.message())
         return {k: v[0] for k, v in columns.items()} if single else columns
@@ -255,9 +266,12 @@ class NaturalnessScorer:
         tokenizer = self.tokenizer
         splitter = get_splitter(self.config.splitter, min_step_chars=self.config.min_step_chars, tokenizer=tokenizer)
         bos = start_ids(tokenizer) if ("local" in self.metrics and not self.config.include_prompt) else []
-        prompt_cache: dict[str, list[int]] = {}
+        prompt_cache: dict[str, tuple[str, list[int]]] = {}
         requests: list[ScoreRequest] = []
         plans = []
+        skips: list[int] = []
+        kwargs = self.config.template_kwargs
+        part = self.config.score_part
         context = context_length(self.model, tokenizer)
         if context is None and not self._warned_context:
             self._warned_context = True
@@ -276,16 +290,17 @@ class NaturalnessScorer:
             if prompt is None:
                 column = self.config.prompt_column
                 raise LocalnatError(f"row {i} of the batch, column {column!r}: the prompt is missing.")
-            if response is None or not response.strip():
-                response = ""  # nothing but whitespace is no answer: no step to score, as for an empty one
             if prompt not in prompt_cache:
-                prompt_cache[prompt] = prompt_ids(tokenizer, prompt)
-            encoded = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+                text = prompt_text(tokenizer, prompt, kwargs)
+                prompt_cache[prompt] = (text, prompt_ids(tokenizer, prompt, kwargs))
+            view = response_view(prompt_cache[prompt][0], response or "", self.config)
+            scored = view.text if view.text.strip() else ""  # only whitespace is no answer: nothing to score
+            encoded = tokenizer(scored, add_special_tokens=False, return_offsets_mapping=True)
             starts = [start for start, _ in encoded["offset_mapping"]]
-            spans = splitter(response) if response else []
+            spans, keep = _step_spans(splitter, scored, view.reasoning_end, part)
             plans.append(
                 plan_row(
-                    prompt_cache[prompt],
+                    prompt_cache[prompt][1],
                     list(encoded["input_ids"]),
                     starts,
                     spans,
@@ -296,9 +311,11 @@ class NaturalnessScorer:
                     requests,
                     context=context,
                     max_response_tokens=self.config.max_response_tokens,
+                    keep=keep,
                 )
             )
-            self.length_counts.add(plans[-1])
+            skips.append(view.skip)
+            self.length_counts.add(plans[-1], think_tag=view.skip > 0)
         with_ranks = [False] * len(requests)
         for plan in plans:
             if plan.full is not None and "rsr" in self.metrics:
@@ -315,11 +332,29 @@ class NaturalnessScorer:
             for column, value in values.items():
                 columns[column].append(value)
             columns["num_response_tokens"].append(plan.num_tokens)
-            columns["num_steps"].append(len(plan.step_tokens))
-            if self.config.return_steps:
-                columns["step_spans"].append([list(span) for span in plan.step_spans])
+            columns["num_steps"].append(sum(plan.step_keep))
+            if self.config.return_steps:  # spans in the original response's characters
+                columns["step_spans"].append([[start + skips[i], end + skips[i]] for start, end in plan.step_spans])
                 columns["step_logprobs"].append(step_means if "local" in self.metrics else None)
         return columns
+
+
+def _step_spans(
+    splitter: Callable[[str], list[tuple[int, int]]], text: str, reasoning_end: int | None, part: str
+) -> tuple[list[tuple[int, int]], list[bool]]:
+    """The steps of a scored response, none crossing the closing reasoning tag, and which of them ``part`` keeps.
+
+    A response without a closing tag (or with nothing after it) is all reasoning.
+    """
+    if not text:
+        return [], []
+    if reasoning_end is None or not text[reasoning_end:].strip():
+        spans = splitter(text)
+        return spans, [part in ("all", "reasoning")] * len(spans)
+    reasoning = splitter(text[:reasoning_end])
+    answer = [(start + reasoning_end, end + reasoning_end) for start, end in splitter(text[reasoning_end:])]
+    keep = [part in ("all", "reasoning")] * len(reasoning) + [part in ("all", "answer")] * len(answer)
+    return reasoning + answer, keep
 
 
 def output_features(scorer: NaturalnessScorer) -> datasets.Features:
@@ -517,6 +552,8 @@ def _score_chunks(
                 "scorer": scorer.config.to_dict(),
                 "student": source.student if source else None,
                 "revision": source.revision if source else None,
+                # Rows whose opening reasoning tag was already in the generation prompt (so not scored twice).
+                "think_tag_rows": total.think_tag_rows,
             }
         }
     )

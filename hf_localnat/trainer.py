@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,9 @@ from .errors import LocalnatError
 from .hub import TRAINING_ARGS_FILE, student_base_model, student_card, training_args_summary
 from .metrics import ScoringConfig, with_fields_of
 from .selection import SelectionConfig
+from .student import context_length
 
+logger = logging.getLogger(__name__)
 SLOT_KEY, ROW_KEY = "reselect_slot", "reselect_row"
 
 
@@ -166,6 +169,13 @@ class ReselectingSFTTrainer(SFTTrainer):
             **kwargs,
         )
         self.reselect_callback.attach(self)
+        limit = context_length(self.model, processing_class)
+        if limit is not None and (args.max_length is None or args.max_length > limit):
+            # Training past the student's context would teach it positions it was not built for.
+            logger.warning("max_length=%s is longer than the student's %d positions: examples are cut at %d.",
+                           args.max_length, limit, limit)  # fmt: skip
+            self.reselect_callback.max_length = limit
+            self.reselect_callback._examples.clear()
 
     # The dataloader builds batches ahead of the step that uses them (accelerate always holds the next batch;
     # dataloader workers hold copies of the selection made before they started). Each batch therefore carries

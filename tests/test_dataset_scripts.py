@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "dataset_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+import generations_to_long  # noqa: E402
 import join_teachers  # noqa: E402
 import messages_to_long  # noqa: E402
 import processbench_to_long  # noqa: E402
@@ -287,3 +288,48 @@ def test_script_help_and_error_in_a_real_process(tmp_path):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("messages_to_long.py: error: input file")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generations_to_long: sampled generations in list columns (the OpenR1-Math layout)
+# ---------------------------------------------------------------------------------------------------------
+
+OPENR1_ROWS = [
+    {"problem": Q1, "answer": "4", "generations": ["2+2=4. \\boxed{4}", "It is \\boxed{5}", None],
+     "correctness_math_verify": [True, False, False], "source": "amc"},
+    {"problem": Q2, "answer": "15", "generations": ["\\boxed{15}"], "correctness_math_verify": [True],
+     "source": "aime"},
+]  # fmt: skip
+
+
+def test_generations_to_long_spreads_the_lists(tmp_path, capsys):
+    from hf_localnat import select_responses
+
+    data = tmp_path / "openr1.parquet"
+    pd.DataFrame(OPENR1_ROWS).to_parquet(data)
+    out = tmp_path / "pool.jsonl"
+    argv = [str(data), str(out), "--teacher", "r1", "--reference_column", "answer"]
+    assert generations_to_long.main(argv) == 0
+    rows = read_jsonl(out)
+    assert [(r["prompt"], r["sample_index"], r["response"]) for r in rows] == [
+        (Q1, 0, "2+2=4. \\boxed{4}"), (Q1, 1, "It is \\boxed{5}"), (Q2, 0, "\\boxed{15}")
+    ]  # fmt: skip  (the null generation is skipped, and sample_index keeps its place)
+    assert [r["correctness_math_verify"] for r in rows] == [True, False, True]  # spread with its generation
+    assert [r["correct"] for r in rows] == [True, False, True] and all(r["teacher"] == "r1" for r in rows)
+    assert rows[0]["prompt_id"] == rows[1]["prompt_id"] == prompt_hash(Q1) and rows[0]["source"] == "amc"
+    # One teacher, several samples: rejection sampling by a score within each prompt.
+    ds = datasets.Dataset.from_list(rows).add_column("local_naturalness", [-1.0, -0.5, -2.0])
+    best = select_responses(ds, where="correct == True", k=1)
+    assert [(r["prompt"], r["sample_index"]) for r in best] == [(Q1, 0), (Q2, 0)]
+
+
+def test_generations_to_long_names_a_length_mismatch(tmp_path, capsys):
+    bad = [dict(OPENR1_ROWS[0]), {**OPENR1_ROWS[1], "correctness_math_verify": [True, False]}]
+    data = write_jsonl(tmp_path / "bad.jsonl", bad)
+    out = str(tmp_path / "o.jsonl")
+    line = error_line(capsys, lambda: generations_to_long.main([str(data), out, "--teacher", "r1"]))
+    assert "bad.jsonl row 1, column 'correctness_math_verify': 2 values for 1 generations" in line
+    assert not (tmp_path / "o.jsonl").exists()
+    line = error_line(capsys, lambda: generations_to_long.main(
+        [str(data), str(tmp_path / "o.jsonl"), "--teacher_column", "nope"]))  # fmt: skip
+    assert "'nope' not found" in line

@@ -100,7 +100,7 @@ def test_grading_with_scripted_generations(monkeypatch, tiny_model, tiny_tokeniz
     }
     seen_batches = []
 
-    def fake_generate(model, prompts, max_new_tokens, pad_id, eos_ids):
+    def fake_generate(model, prompts, max_new_tokens, pad_id, eos_ids, max_positions=None):
         seen_batches.append(len(prompts))
         results = []
         for ids in prompts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from hf_localnat.segmentation import split_steps
 TOL = 1e-4
 
 
-def reference_prompt_ids(tokenizer, prompt: str) -> list[int]:
+def reference_prompt_ids(tokenizer, prompt: str, template_kwargs=None) -> list[int]:
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
         )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -50,34 +51,62 @@ def reference_scores(
     splitter="sentence",
     max_context=None,
     max_response_tokens=None,
+    template_kwargs=None,
+    score_part="all",
 ):
     """The scores by their definition. ``max_context``: a forward pass longer than this is not made, and what it
-    would have scored is None (the full-context metrics, or that step); ``max_response_tokens`` likewise."""
-    prompt_ids = reference_prompt_ids(tokenizer, prompt)
+    would have scored is None (the full-context metrics, or that step); ``max_response_tokens`` likewise.
+
+    Reasoning traces: when the rendered prompt ends with ``<think>`` and the response starts with it (whitespace
+    aside), the response's whitespace, that tag and the whitespace after it are not scored. Steps never cross
+    ``</think>``; ``score_part`` keeps the steps of the reasoning (up to and with the tag) or of the answer."""
+    prompt_ids = reference_prompt_ids(tokenizer, prompt, template_kwargs)
+    rendered = ""
+    if tokenizer.chat_template:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False, **(template_kwargs or {})
+        )
+    opening = re.match(r"\s*<think>\s*", response)
+    if rendered.rstrip().endswith("<think>") and opening:
+        response = response[opening.end() :]
+    if not response.strip():
+        response = ""
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     ids = enc["input_ids"]
-    spans = split_steps(response, splitter, tokenizer=tokenizer)
+    close = response.find("</think>")
+    cut = close + len("</think>") if close >= 0 and response[close + len("</think>") :].strip() else len(response)
+    spans = split_steps(response[:cut], splitter, tokenizer=tokenizer) if response else []
+    parts = ["reasoning"] * len(spans)
+    if cut < len(response):
+        answer = [(s + cut, e + cut) for s, e in split_steps(response[cut:], splitter, tokenizer=tokenizer)]
+        spans, parts = spans + answer, parts + ["answer"] * len(answer)
     # Token -> step by a plain scan: the step holding the token's first character.
     steps: dict[int, list[int]] = {}
     for t, (start, _) in enumerate(enc["offset_mapping"]):
         owner = next((k for k, (s, e) in enumerate(spans) if s <= start < e), len(spans) - 1)
         steps.setdefault(owner, []).append(t)
     step_list = [steps[k] for k in sorted(steps)]
+    step_kept = [score_part in ("all", parts[k]) for k in sorted(steps)]
 
     def fits(length: int) -> bool:
         return max_context is None or length <= max_context
 
     out = {"global_naturalness": None, "rsr": None}
-    if fits(len(prompt_ids) + len(ids)) and (max_response_tokens is None or len(ids) <= max_response_tokens):
+    kept_tokens = [t for step, kept in zip(step_list, step_kept, strict=True) if kept for t in step]
+    fit = fits(len(prompt_ids) + len(ids)) and (max_response_tokens is None or len(ids) <= max_response_tokens)
+    if ids and fit and kept_tokens:
         lp_all, ranks = full_logprobs(model, prompt_ids, ids)
+        lp_kept, ranks_kept = lp_all[kept_tokens], ranks[kept_tokens]
         out = {
-            "global_naturalness": lp_all.mean(),
-            "rsr": np.minimum(ranks, 100).sum() / (-lp_all).sum(),
+            "global_naturalness": lp_kept.mean(),
+            "rsr": np.minimum(ranks_kept, 100).sum() / (-lp_kept).sum(),
         }
     base = prompt_ids if include_prompt else [tokenizer.bos_token_id]
     step_means, tokens = [], []
     out["steps_over_context"] = 0
     for j, step in enumerate(step_list):
+        if not step_kept[j]:
+            continue
         w = min(j, window if isinstance(window, int) else math.ceil(window * j))
         context = base + [ids[t] for s in step_list[j - w : j] for t in s]
         if not fits(len(context) + len(step)):
@@ -91,7 +120,8 @@ def reference_scores(
             step_means.append(lp.mean())
     mean = np.mean(step_means) if step_aggregate == "step_mean" else np.mean(tokens) if tokens else None
     out["local_naturalness"] = mean if tokens else None
-    out["num_steps"] = len(step_list)
+    out["num_steps"] = sum(step_kept)
+    out["step_spans"] = [[spans[k][0], spans[k][1]] for k in sorted(steps)]
     out["step_means"] = step_means
     return out
 

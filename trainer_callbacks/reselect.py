@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 
 from hf_localnat.distributed import destroy_process_group_at_exit
 from hf_localnat.errors import LocalnatError
-from hf_localnat.metrics import METRIC_COLUMNS, ScoringConfig, prompt_ids
+from hf_localnat.metrics import METRIC_COLUMNS, ScoringConfig, prompt_ids, prompt_text, response_view
 from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
 from hf_localnat.selection import (
     SelectionConfig,
@@ -227,15 +227,23 @@ class ReselectCallback(TrainerCallback):
         if row != EMPTY_SLOT:
             return self.example(row)
         first = self.rows_by_group[self.state.slots[slot][0]][0]
-        prompt = prompt_ids(self.tokenizer, self.pool[first][self.prompt_column])[: self.max_length]
+        kwargs = self.scoring.template_kwargs
+        prompt = prompt_ids(self.tokenizer, self.pool[first][self.prompt_column], kwargs)[: self.max_length]
         return {"input_ids": prompt, "labels": [-100] * len(prompt)}
 
     def example(self, row: int) -> dict[str, list[int]]:
-        """The training example of a pool row: chat-formatted prompt (masked with -100) + response + EOS."""
+        """The training example of a pool row: chat-formatted prompt (masked with -100) + response + EOS.
+
+        It is built as the scorer reads the row (the same template arguments, the same reasoning-tag rule), so the
+        student trains on exactly what it scored.
+        """
         if row not in self._examples:
             record = self.pool[row]
-            prompt = prompt_ids(self.tokenizer, record[self.prompt_column])
-            response = list(self.tokenizer(record[self.response_column], add_special_tokens=False)["input_ids"])
+            kwargs = self.scoring.template_kwargs
+            text = prompt_text(self.tokenizer, record[self.prompt_column], kwargs)
+            prompt = prompt_ids(self.tokenizer, record[self.prompt_column], kwargs)
+            view = response_view(text, record[self.response_column], self.scoring)
+            response = list(self.tokenizer(view.text, add_special_tokens=False)["input_ids"])
             if self.tokenizer.eos_token_id is not None:
                 response.append(self.tokenizer.eos_token_id)
             input_ids = (prompt + response)[: self.max_length]
@@ -355,11 +363,15 @@ class ReselectCallback(TrainerCallback):
         if provenance.get("student") != source.student:
             logger.info("The pool was scored by %s, not by this student: re-scoring it.", provenance.get("student"))
             return False
-        theirs = provenance["scorer"]
+        recorded = provenance["scorer"]
+        try:  # options an older hf_localnat did not record had their defaults then
+            theirs = ScoringConfig.from_dict({**recorded, "metrics": self.scoring.metrics}).to_dict()
+        except LocalnatError:  # e.g. a Python splitter, which cannot be compared
+            return False
         mine = self.scoring.to_dict()
         ignored = ("metrics", "return_steps", "prompt_column", "response_column", "max_tokens_per_batch")
         differ = [key for key, value in mine.items() if key not in ignored and theirs.get(key) != value]
-        if differ or self.scoring.metric_names[0] not in theirs.get("metrics", []):
+        if differ or self.scoring.metric_names[0] not in recorded.get("metrics", []):
             shown = ", ".join(f"{key} {theirs.get(key)!r} (here {mine[key]!r})" for key in differ) or "another metric"
             logger.info("The pool's %s was scored with other settings (%s): re-scoring it.", self.by, shown)
             return False
