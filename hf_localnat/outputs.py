@@ -343,8 +343,6 @@ class RunLock:
         self._made_parents: list[Path] = []
 
     def acquire(self) -> RunLock:
-        import fcntl  # POSIX; imported here so the package still imports where there is none
-
         key = _resolved(self.folder)
         held = RunLock._held.get(key)
         if held is not None:
@@ -363,7 +361,7 @@ class RunLock:
             except FileNotFoundError:  # a finishing run removed the folder in between
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock(fd, exclusive=True)
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
@@ -400,8 +398,6 @@ class RunLock:
         raise LocalnatError(f"could not lock {self.folder}: it keeps disappearing. Is another run cleaning it up?")
 
     def release(self) -> None:
-        import fcntl
-
         key = _resolved(self.folder)
         held = RunLock._held.get(key, self)
         held._depth -= 1
@@ -416,7 +412,7 @@ class RunLock:
                     held.folder.rmdir()
                     for parent in held._made_parents:
                         parent.rmdir()  # fails (and stops) at one that is not empty
-        fcntl.flock(held._fd, fcntl.LOCK_UN)
+        _flock(held._fd, exclusive=False)
         os.close(held._fd)
         held._fd = None
 
@@ -425,6 +421,19 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _flock(fd: int, exclusive: bool) -> None:
+    """Take (without waiting) or drop the lock. Where there is no ``fcntl`` (Windows) nothing is locked: one
+    warning says so, and two runs on one output are then the user's to avoid."""
+    try:
+        import fcntl
+    except ImportError:
+        if exclusive and not getattr(_flock, "warned", False):
+            _flock.warned = True  # type: ignore[attr-defined]
+            logger.warning("This platform has no fcntl: the output is not locked; run one job per output.")
+        return
+    fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_UN)
 
 
 def _read_holder(fd: int) -> dict[str, Any]:

@@ -679,3 +679,14 @@ def test_a_launch_on_a_locked_output_stops_every_process(tmp_path, tiny_student_
     assert done.returncode != 0
     assert done.stderr.count("another run is writing") >= 2, done.stderr[-2000:]  # both processes said it
     assert not out.exists()
+
+
+def test_run_lock_without_fcntl_warns_and_runs(tmp_path, monkeypatch, caplog):
+    from hf_localnat import outputs
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # as on Windows: `import fcntl` raises ImportError
+    monkeypatch.delattr(outputs._flock, "warned", raising=False)
+    folder = tmp_path / ".out.partial"
+    with caplog.at_level("WARNING", logger="hf_localnat.outputs"), outputs.RunLock(folder, "out"):
+        assert (folder / "lock").exists()
+    assert "not locked" in caplog.text and not folder.exists()
