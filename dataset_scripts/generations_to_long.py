@@ -3,11 +3,11 @@
 The OpenR1-Math layout is the example: ``problem``, ``answer``, ``generations: list[str]``,
 ``correctness_math_verify: list[bool]``. Each generation becomes one row: ``prompt_id, prompt, teacher, response,
 sample_index`` (its place in the list), then the input's other columns. A list column with one value per generation
-(``--spread`` names them; by default every list column as long as the first row's generations) is spread along: the
-i-th generation's row gets its i-th value. A row where such a list has another length is an error that names it. The
-teacher comes from ``--teacher_column``, or is one name for every row (``--teacher``). The prompt id comes from
-``--id_column``, else from a hash of the normalized prompt, so it is stable across files and runs. An empty (null)
-generation is skipped.
+(``--spread`` names them; by default every list column with one value per generation, conversations excepted) is
+spread along: the i-th generation's row gets its i-th value. A row where such a list has another length is an error
+that names it. The teacher comes from ``--teacher_column``, or is one name for every row (``--teacher``). The prompt
+id comes from ``--id_column``, else from a hash of the normalized prompt, so it is stable across files and runs. An
+empty (null) generation is skipped.
 
 With one teacher and several samples per prompt, select within each prompt as usual: rejection sampling by
 naturalness is ``hf-localnat select SCORED --group_by prompt_id --where "correct == True" --k 1``.
@@ -39,18 +39,43 @@ from _common import (  # noqa: E402
 )
 
 
-def spread_columns(row: dict, generations_column: str, spread: list[str] | None) -> list[str]:
-    """The list columns spread along the generations: ``spread`` if given, else every list column of ``row`` as
-    long as its generations.
+def spread_columns(rows: list[dict], generations_column: str, spread: list[str] | None, source: str) -> list[str]:
+    """The list columns spread along the generations: ``spread`` if given; else every list column that has one
+    value per generation in some row with two or more generations (a conversation, a list of ``role`` dicts, is
+    never one). Such a column with another length in any row is an error naming the row: spreading it would be
+    wrong and keeping it whole would be a guess, so ``--spread`` says which it is.
 
     Example:
-        >>> spread_columns({"g": ["a", "b"], "ok": [True, False], "tags": ["x"]}, "g", None)
+        >>> rows = [{"g": ["a", "b"], "ok": [True, False], "tags": ["x"]}, {"g": ["c"], "ok": [True], "tags": ["y"]}]
+        >>> spread_columns(rows, "g", None, "input")
         ['ok']
     """
     if spread is not None:
         return spread
-    count = len(row.get(generations_column) or [])
-    return [c for c, v in row.items() if c != generations_column and isinstance(v, list) and len(v) == count]
+
+    def count(row: dict) -> int:
+        generations = row.get(generations_column)
+        return len(generations) if isinstance(generations, list) else -1
+
+    def conversation(values: list) -> bool:
+        return bool(values) and all(isinstance(v, dict) and "role" in v for v in values)
+
+    names = list(dict.fromkeys(c for row in rows for c in row if c != generations_column))
+    columns = []
+    for column in names:
+        if any(isinstance(row.get(column), list) and conversation(row[column]) for row in rows):
+            continue
+        if not any(isinstance(row.get(column), list) and 2 <= count(row) == len(row[column]) for row in rows):
+            continue
+        for index, row in enumerate(rows):
+            v = row.get(column)
+            if v is not None and (not isinstance(v, list) or len(v) != count(row)) and count(row) >= 0:
+                got = f"{len(v)} values" if isinstance(v, list) else f"a {type(v).__name__}"
+                fail(f"{source} row {index}, column {column!r}: {got} for {count(row)} generations, where other "
+                     f"rows have one value per generation. Fix the row, or name the columns to spread with "
+                     f"--spread (the others are kept whole).")  # fmt: skip
+        columns.append(column)
+    return columns
 
 
 def generations_to_long(
@@ -63,14 +88,14 @@ def generations_to_long(
     spread: list[str] | None = None,
     source: str = "input",
 ) -> list[dict]:
-    """One long row per generation; list columns in ``spread`` (default: found in the first row) go along.
+    """One long row per generation; list columns in ``spread`` (default: :func:`spread_columns`) go along.
 
     Example:
         >>> rows = [{"problem": "2+2?", "generations": ["4", "5"], "ok": [True, False], "level": 1}]
         >>> [(r["teacher"], r["response"], r["sample_index"], r["ok"]) for r in generations_to_long(rows, teacher="r1")]
         [('r1', '4', 0, True), ('r1', '5', 1, False)]
     """
-    columns = spread_columns(rows[0], generations_column, spread) if rows else []
+    columns = spread_columns(rows, generations_column, spread, source)
     used = {prompt_column, generations_column, "sample_index", *columns, *(c for c in (id_column, teacher_column) if c)}
     long_rows = []
     for index, row in enumerate(rows):
@@ -85,6 +110,8 @@ def generations_to_long(
                  "Fix the row or pick --generations_column.")  # fmt: skip
         for column in columns:
             values = row.get(column)
+            if values is None:  # nothing recorded for this row: None for each of its generations
+                continue
             if not isinstance(values, list) or len(values) != len(generations):
                 count = len(values) if isinstance(values, list) else type(values).__name__
                 fail(f"{where}, column {column!r}: {count} values for {len(generations)} generations. Give one "
@@ -105,7 +132,7 @@ def generations_to_long(
                 continue
             out = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
             out["sample_index"] = sample
-            out.update({column: row[column][sample] for column in columns})
+            out.update({column: None if row.get(column) is None else row[column][sample] for column in columns})
             out.update(extras)
             long_rows.append(out)
     return long_rows

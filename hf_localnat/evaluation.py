@@ -203,9 +203,9 @@ def evaluate_student(
     ``template_kwargs`` go to the chat template (``{"enable_thinking": False}``), as in scoring and training.
 
     Records (in problem order) hold ``index, problem, reference, generation, extracted_answer, answer_source,
-    correct`` and ``truncated`` (stopped by ``max_new_tokens``). ``correct`` is None when no answer could be read;
-    it counts as wrong. ``answer_source`` is "marked" (``\\boxed{}``, "final answer", ``#### N``), "bare" or
-    "unmarked": free text read by math-verify's last readable value, which can match by chance.
+    correct`` and ``truncated`` (stopped by ``max_new_tokens`` or the student's context). ``correct`` is None when
+    no answer could be read; it counts as wrong. ``answer_source`` is "marked" (``\\boxed{}``, "final answer",
+    ``#### N``), "bare" or "unmarked": free text read by math-verify's last readable value, which can match by chance.
     Metrics: ``accuracy, accuracy_ci_low, accuracy_ci_high`` (95% Wilson), ``num_problems, num_correct,
     num_no_answer, num_truncated``, and ``num_unmarked_answer, num_correct_unmarked`` (so
     ``(num_correct - num_correct_unmarked) / num_problems`` is the accuracy on marked answers only).
@@ -361,8 +361,9 @@ def run_evaluate(args: EvaluateArguments, student: StudentArguments | None = Non
         f"{Path(args.benchmark).stem}: accuracy {metrics['accuracy']:.1%} ({metrics['num_correct']}/"
         f"{metrics['num_problems']}, 95% CI {metrics['accuracy_ci_low']:.1%}-{metrics['accuracy_ci_high']:.1%}) "
         f"for {name}; {metrics['num_no_answer']} without a readable answer, {metrics['num_truncated']} cut off "
-        f"at --max_new_tokens {args.max_new_tokens}; {metrics['num_unmarked_answer']} answers read from unmarked "
-        f"text (no \\boxed{{}} or final answer), {metrics['num_correct_unmarked']} of them counted correct."
+        f"at --max_new_tokens {args.max_new_tokens} or the student's context; "
+        f"{metrics['num_unmarked_answer']} answers read from unmarked text (no \\boxed{{}} or final answer), "
+        f"{metrics['num_correct_unmarked']} of them counted correct."
     )
     # The dict itself, on one line, so a script can log it next to a TRL run (e.g. trainer.log(metrics)).
     print(json.dumps(metrics))

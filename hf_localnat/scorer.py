@@ -144,7 +144,7 @@ class NaturalnessScorer:
             )
         self.config: ScoringConfig = dataclasses.replace(config or ScoringConfig(), **options)
         self.length_counts = LengthCounts()
-        self._warned_length = self._warned_context = False
+        self._warned_length = self._warned_context = self._warned_empty = False
         self.model = model
         self.tokenizer = tokenizer
         self._engine: LogProbEngine | None = None
@@ -194,7 +194,7 @@ class NaturalnessScorer:
     def __getstate__(self) -> dict[str, Any]:
         # datasets hashes the pickled scorer for its cache fingerprint, and num_proc workers unpickle it:
         # both get the configuration and the student's identity, not the weights.
-        skip = ("model", "tokenizer", "_engine", "length_counts", "_warned_length", "_warned_context")  # not settings
+        skip = ("model", "tokenizer", "_engine", "length_counts", "_warned_length", "_warned_context", "_warned_empty")
         state = {k: v for k, v in self.__dict__.items() if k not in skip}
         state["hf_localnat_version"] = __version__
         # Computed now, not at construction, so a model trained in between gets a new fingerprint.
@@ -207,6 +207,7 @@ class NaturalnessScorer:
         self.__dict__.update(state)
         self.model = self.tokenizer = self._engine = None
         self.length_counts, self._warned_length, self._warned_context = LengthCounts(), False, False
+        self._warned_empty = False
 
     def _ensure_loaded(self, rank: int | None = None) -> None:
         if self.model is not None:
@@ -327,8 +328,12 @@ class NaturalnessScorer:
             values, step_means = row_metrics(
                 plan, results, self.metrics, self.config.step_aggregate, self.config.drop_first_token
             )
-            if all(v is None for v in values.values()):
-                logger.warning("row %d of the batch has no scorable response token; its scores are None.", i)
+            if all(v is None for v in values.values()) and not self._warned_empty:
+                self._warned_empty = True  # once per scorer, as the length warning: a pool may hold many
+                logger.warning(
+                    "row %d of the batch has nothing to score (an empty response, or no step that score_part=%s "
+                    "keeps); its scores are None. Not repeated for later rows.", i, self.config.score_part,
+                )  # fmt: skip
             for column, value in values.items():
                 columns[column].append(value)
             columns["num_response_tokens"].append(plan.num_tokens)

@@ -333,3 +333,33 @@ def test_generations_to_long_names_a_length_mismatch(tmp_path, capsys):
     line = error_line(capsys, lambda: generations_to_long.main(
         [str(data), str(tmp_path / "o.jsonl"), "--teacher_column", "nope"]))  # fmt: skip
     assert "'nope' not found" in line
+
+
+def test_generations_to_long_finds_the_per_generation_columns_in_every_row(tmp_path, capsys):
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    rows = [
+        {"problem": Q1, "generations": ["a", "b"], "ok": [True, False], "messages": conversation, "tags": ["x"],
+         "id": "p1", "model": "r1"},
+        {"problem": Q2, "generations": ["c", "d", "e"], "ok": None, "messages": conversation, "tags": ["y"],
+         "id": "p2", "model": "qwq"},
+    ]  # fmt: skip
+    long_rows = generations_to_long.generations_to_long(rows, teacher_column="model", id_column="id")
+    assert [(r["prompt_id"], r["teacher"], r["sample_index"], r["ok"]) for r in long_rows] == [
+        ("p1", "r1", 0, True), ("p1", "r1", 1, False), ("p2", "qwq", 0, None), ("p2", "qwq", 1, None),
+        ("p2", "qwq", 2, None),
+    ]  # fmt: skip  (ok is spread, None where a row has none)
+    assert all(r["messages"] == conversation and r["tags"] in (["x"], ["y"]) for r in long_rows)  # kept whole
+    # A per-generation column with another length in the FIRST row is named too.
+    bad = [{**rows[0], "ok": [True]}, {**rows[1], "ok": [True, False, True]}]
+    data = write_jsonl(tmp_path / "bad.jsonl", bad)
+    out = tmp_path / "o.jsonl"
+    line = error_line(capsys, lambda: generations_to_long.main([str(data), str(out), "--teacher", "r1"]))
+    assert "bad.jsonl row 0, column 'ok': 1 values for 2 generations" in line and "--spread" in line
+    assert not out.exists()
+    # One generation per row is no evidence either way: kept whole unless --spread names the column.
+    single = [{"problem": q, "generations": [g], "tags": [t]} for q, g, t in [(Q1, "a", "x"), (Q2, "b", "y")]]
+    data = write_jsonl(tmp_path / "single.jsonl", single)
+    assert generations_to_long.main([str(data), str(out), "--teacher", "r1"]) == 0
+    assert [r["tags"] for r in read_jsonl(out)] == [["x"], ["y"]]
+    assert generations_to_long.main([str(data), str(out), "--teacher", "r1", "--spread", "tags", "--overwrite"]) == 0
+    assert [r["tags"] for r in read_jsonl(out)] == ["x", "y"]

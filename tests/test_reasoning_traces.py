@@ -178,6 +178,77 @@ def test_shared_fraction_windows_equal_one_request_per_window(r1, monkeypatch):
     assert with_sharing["local_naturalness"][0] == pytest.approx(ref["local_naturalness"], abs=TOL)
 
 
+LONG_TRACE = (
+    "<think>\n"
+    + " ".join(f"Step {i}: add {i} to the total, which is now {i * (i + 1) // 2}." for i in range(24))
+    + "\n</think>\n\n"
+    + " ".join(f"Answer line {i}: the sum is 276." for i in range(6))
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(include_prompt=False, drop_first_token=True),
+        dict(score_part="answer"),
+        dict(score_part="reasoning", step_aggregate="token_mean"),
+        dict(max_context=230),  # some windows (and the full pass) do not fit: groups break at them
+    ],
+    ids=str,
+)
+def test_shared_windows_with_every_option_match_the_reference(r1, kwargs):
+    """Window 0.9 on a 30-step trace: long shared groups, combined with the options that change what a group reads
+    or keeps. Each step's score is checked against the reference, which makes one pass per step."""
+    model, tokenizer = r1
+    options = dict(kwargs)
+    context = options.pop("max_context", None)
+    if context is not None:
+        model = build_model(len(tokenizer), seed=7, max_position_embeddings=context)
+    scorer = NaturalnessScorer(model, tokenizer, metrics="global,local,rsr", window=0.9, return_steps=True, **options)
+    got = scorer.score(PROMPTS[:1], [LONG_TRACE])
+    ref = reference_scores(model, tokenizer, PROMPTS[0], LONG_TRACE, window=0.9, max_context=context, **options)
+    assert got["num_steps"][0] == ref["num_steps"] >= 6
+    if context is not None:
+        assert got["global_naturalness"][0] is None and scorer.length_counts.steps_over_context > 0
+    for column in ("global_naturalness", "local_naturalness", "rsr"):
+        if ref[column] is None:
+            assert got[column][0] is None, column
+        else:
+            assert got[column][0] == pytest.approx(ref[column], abs=TOL), column
+
+
+def test_training_examples_carry_the_template_arguments():
+    tokenizer = build_tokenizer(chat_template=SWITCH_TEMPLATE)
+    tokenizer.pad_token = tokenizer.eos_token
+    pool = datasets.Dataset.from_list([{"prompt_id": "p", "prompt": PROMPTS[0], "response": RESPONSES[0]}])
+    kwargs = {"enable_thinking": False}
+    callback = ReselectCallback(pool, tokenizer, window=2, chat_template_kwargs=json.dumps(kwargs))
+    prompt_part = reference_prompt_ids(tokenizer, PROMPTS[0], kwargs)
+    assert prompt_part != reference_prompt_ids(tokenizer, PROMPTS[0])
+    assert callback.example(0)["input_ids"][: len(prompt_part)] == prompt_part
+    # The prompt ends with </think>, so the rule does not apply: the whole response is trained on.
+    response = tokenizer(RESPONSES[0], add_special_tokens=False)["input_ids"]
+    assert callback.example(0)["input_ids"][len(prompt_part) :] == response + [tokenizer.eos_token_id]
+
+
+def test_evaluate_passes_the_template_arguments(monkeypatch):
+    from hf_localnat import evaluation
+
+    tokenizer = build_tokenizer(chat_template=SWITCH_TEMPLATE)
+    model = build_model(len(tokenizer), seed=3)
+    seen = []
+
+    def fake_generate(model, prompts, max_new_tokens, pad_id, eos_ids, max_positions=None):
+        seen.extend(tokenizer.decode(ids) for ids in prompts)
+        return [([], False) for _ in prompts]
+
+    monkeypatch.setattr(evaluation, "_generate", fake_generate)
+    switched_off = {"enable_thinking": False}
+    evaluation.evaluate_student(model, tokenizer, ["2+2?"], ["4"], progress=False, template_kwargs=switched_off)
+    evaluation.evaluate_student(model, tokenizer, ["2+2?"], ["4"], progress=False)
+    assert "</think>" in seen[0] and "</think>" not in seen[1]
+
+
 def test_long_requests_never_attend_to_a_cache(r1, monkeypatch):
     """Attention over a cached prefix needs a [suffix, prefix + suffix] mask; a long suffix re-reads its prefix
     with the causal fast path instead. Same log-probs either way."""

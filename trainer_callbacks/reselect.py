@@ -242,8 +242,9 @@ class ReselectCallback(TrainerCallback):
             kwargs = self.scoring.template_kwargs
             text = prompt_text(self.tokenizer, record[self.prompt_column], kwargs)
             prompt = prompt_ids(self.tokenizer, record[self.prompt_column], kwargs)
-            view = response_view(text, record[self.response_column], self.scoring)
-            response = list(self.tokenizer(view.text, add_special_tokens=False)["input_ids"])
+            view = response_view(text, record[self.response_column] or "", self.scoring)
+            scored = view.text if view.text.strip() else ""  # as the scorer reads it: only whitespace is no answer
+            response = list(self.tokenizer(scored, add_special_tokens=False)["input_ids"])
             if self.tokenizer.eos_token_id is not None:
                 response.append(self.tokenizer.eos_token_id)
             input_ids = (prompt + response)[: self.max_length]
