@@ -2,7 +2,8 @@
 
 - ``global_naturalness`` (GRAPE): mean log p of every response token given the prompt and all earlier tokens.
 - ``local_naturalness`` (LALP): per step, the mean log p of its tokens given the prompt and only the
-  ``window`` previous steps; then the mean over steps (or over tokens with ``step_aggregate="token_mean"``).
+  ``window`` previous steps; then the mean over steps (or over tokens with ``step_aggregate="token_mean"``, or
+  the weakest step with ``"min"``, as process-reward work aggregates).
 - ``rsr`` (Rank-Surprisal Ratio): sum of min(rank, 100) over response tokens divided by their summed
   surprisal (-log p), full context. Lower is better.
 
@@ -33,7 +34,7 @@ from .segmentation import DEFAULT_MIN_STEP_CHARS, DEFAULT_SPLITTER
 
 METRIC_COLUMNS = {"global": "global_naturalness", "local": "local_naturalness", "rsr": "rsr"}
 RSR_RANK_CAP = 100
-STEP_AGGREGATES = ("step_mean", "token_mean")
+STEP_AGGREGATES = ("step_mean", "token_mean", "min")
 SCORE_PARTS = ("all", "reasoning", "answer")
 FALLBACK_PROMPT_FORMAT = "Question: {prompt}\nAnswer: "
 
@@ -138,7 +139,11 @@ class ScoringConfig:
     )
     include_prompt: bool = field(default=True, metadata={"help": "Start local contexts with the prompt (else BOS)."})
     step_aggregate: str = field(
-        default="step_mean", metadata={"help": "step_mean (mean of step means) or token_mean (mean over tokens)."}
+        default="step_mean",
+        metadata={
+            "help": "step_mean (mean of step means), token_mean (mean over tokens) or min (the weakest step's mean, "
+            "as process-reward models aggregate)."
+        },
     )
     drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
     return_steps: bool = field(default=False, metadata={"help": "Also write step_spans and step_logprobs."})
@@ -181,7 +186,8 @@ class ScoringConfig:
         if isinstance(self.min_step_chars, bool) or not isinstance(self.min_step_chars, int) or self.min_step_chars < 1:
             raise LocalnatError(f"min_step_chars={self.min_step_chars!r} must be an integer >= 1.")
         if self.step_aggregate not in STEP_AGGREGATES:
-            raise LocalnatError(f"step_aggregate={self.step_aggregate!r} is unknown. Use 'step_mean' or 'token_mean'.")
+            choices = ", ".join(repr(a) for a in STEP_AGGREGATES)
+            raise LocalnatError(f"step_aggregate={self.step_aggregate!r} is unknown. Use one of {choices}.")
         for name in ("max_tokens_per_batch", "max_response_tokens"):
             value = getattr(self, name)
             if value is None and name == "max_response_tokens":
@@ -525,6 +531,8 @@ def row_metrics(
             scored = [lp for lp in per_step if lp is not None]
             tokens = np.concatenate(scored).astype(np.float64) if scored else np.zeros(0)
             values["local_naturalness"] = float(tokens.mean()) if len(tokens) else None
+        elif step_aggregate == "min":  # the weakest step: one unnatural step marks the whole response
+            values["local_naturalness"] = float(min(kept)) if kept else None
         else:
             values["local_naturalness"] = float(np.mean(kept)) if kept else None
     return values, step_means

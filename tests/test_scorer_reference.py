@@ -121,7 +121,8 @@ def reference_scores(
     if not tokens:
         out["local_naturalness"] = None
     else:
-        out["local_naturalness"] = np.mean(step_means) if step_aggregate == "step_mean" else np.mean(tokens)
+        by_aggregate = {"step_mean": np.mean(step_means), "token_mean": np.mean(tokens), "min": np.min(step_means)}
+        out["local_naturalness"] = by_aggregate[step_aggregate]
     out["num_steps"] = sum(step_kept)
     out["step_spans"] = [[spans[k][0], spans[k][1]] for k in sorted(steps)]
     out["step_means"] = step_means
@@ -136,6 +137,8 @@ CASES = [
     dict(window=4, drop_first_token=True),
     dict(window=0.5, include_prompt=False, drop_first_token=True),
     dict(window=3, step_aggregate="token_mean"),
+    dict(window=2, step_aggregate="min"),
+    dict(window=0.5, drop_first_token=True, step_aggregate="min"),
 ]
 
 PROMPTS = ["What is 3 + 4? Explain.", "A train goes 60 km in 1.5 hours. How fast is it?"]
@@ -219,6 +222,7 @@ LONG_RESPONSE = (
         dict(window=0.5),
         dict(window=1, include_prompt=False),
         dict(window=3, step_aggregate="token_mean"),
+        dict(window=2, step_aggregate="min"),
     ],
     ids=str,
 )
