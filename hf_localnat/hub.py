@@ -74,7 +74,7 @@ KEY_TRAINING_ARGS = (
     "splitter",
     "include_prompt",
     "step_aggregate",
-    "drop_first_token",
+    "drop_first_tokens",
     "min_step_chars",
     "score_part",
     "chat_template_kwargs",
@@ -351,7 +351,9 @@ def build_selection_folder(
         selection_yaml=selection_yaml(config),
         id_definition=ID_DEFINITION,
         metrics=(scorer_config or {}).get("metrics", []),
-        drop_first_token=(scorer_config or {}).get("drop_first_token", False),
+        # ASLEC is cited when its drop was used, by local steps or by the aslec_drop metric.
+        cite_aslec=bool((scorer_config or {}).get("drop_first_tokens") or (scorer_config or {}).get("drop_first_token"))
+        or "aslec_drop" in ((scorer_config or {}).get("metrics") or []),
     )
     card.save(folder / "README.md")
     logger.debug("wrote %s", data_files)

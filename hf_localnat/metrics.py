@@ -6,6 +6,11 @@
   the weakest step with ``"min"``, as process-reward work aggregates).
 - ``rsr`` (Rank-Surprisal Ratio): sum of min(rank, 100) over response tokens divided by their summed
   surprisal (-log p), full context. Lower is better.
+- ``aslec_drop`` (ASLEC-DROP, arXiv 2604.06834): full-context log-probs with the first ``drop_first_tokens``
+  tokens of every step left out (1 by default), then the mean over all the tokens kept, pooled across steps, as
+  ``output_drop_score`` in the official code computes it (github.com/wangbing1416/ASLEC, 5737d691,
+  merge_cal_limo_ours.py). Higher is better. Its driver drops 2 (``--skip_token`` default 2, used for the released
+  selections) although the function's own default and the abstract say 1; ``drop_first_tokens=2`` gives theirs.
 
 A step whose window already reaches back to the start of the response sees exactly the full context, so
 its log-probs are read from the full-context pass instead of being recomputed.
@@ -32,7 +37,14 @@ from .engine import ScoreRequest, TokenScores
 from .errors import LocalnatError
 from .segmentation import DEFAULT_MIN_STEP_CHARS, DEFAULT_SPLITTER
 
-METRIC_COLUMNS = {"global": "global_naturalness", "local": "local_naturalness", "rsr": "rsr"}
+METRIC_COLUMNS = {
+    "global": "global_naturalness",
+    "local": "local_naturalness",
+    "rsr": "rsr",
+    "aslec_drop": "aslec_drop",
+}
+FULL_CONTEXT_METRICS = ("global", "rsr", "aslec_drop")  # read from one pass over prompt + whole response
+ASLEC_DROP_DEFAULT = 1  # first tokens of each step that aslec_drop leaves out unless drop_first_tokens says
 RSR_RANK_CAP = 100
 STEP_AGGREGATES = ("step_mean", "token_mean", "min")
 SCORE_PARTS = ("all", "reasoning", "answer")
@@ -52,11 +64,11 @@ def normalize_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     for name in names:
         short = by_column.get(name, name)
         if short not in METRIC_COLUMNS:
-            raise LocalnatError(f"unknown metric {name!r}. Use any of: global, local, rsr (comma-separated).")
+            raise LocalnatError(f"unknown metric {name!r}. Use any of: {', '.join(METRIC_COLUMNS)} (comma-separated).")
         if short not in out:
             out.append(short)
     if not out:
-        raise LocalnatError("no metric requested. Use any of: global, local, rsr.")
+        raise LocalnatError(f"no metric requested. Use any of: {', '.join(METRIC_COLUMNS)}.")
     return tuple(sorted(out, key=list(METRIC_COLUMNS).index))
 
 
@@ -126,7 +138,9 @@ class ScoringConfig:
         ['--splitter', 'paragraph', '--min_step_chars', '6']
     """
 
-    metrics: str = field(default="global,local", metadata={"help": "Comma-separated metrics: global, local, rsr."})
+    metrics: str = field(
+        default="global,local", metadata={"help": "Comma-separated metrics: global, local, rsr, aslec_drop."}
+    )
     window: str = field(
         default="4", metadata={"help": "Previous steps in a local context: an int >= 1, or a fraction in (0, 1)."}
     )
@@ -145,7 +159,16 @@ class ScoringConfig:
             "as process-reward models aggregate)."
         },
     )
-    drop_first_token: bool = field(default=False, metadata={"help": "Drop each step's first token (ASLEC)."})
+    drop_first_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Leave out the first N tokens of every step, in local and aslec_drop (ASLEC). Default: none for "
+            "local (as LALP), 1 for aslec_drop; ASLEC's official driver uses 2."
+        },
+    )
+    drop_first_token: bool = field(
+        default=False, metadata={"help": "Deprecated spelling of --drop_first_tokens 1 (kept working)."}
+    )
     return_steps: bool = field(default=False, metadata={"help": "Also write step_spans and step_logprobs."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt text."})
     response_column: str = field(default="response", metadata={"help": "Column holding the response text."})
@@ -197,6 +220,14 @@ class ScoringConfig:
         for name in ("include_prompt", "drop_first_token", "return_steps"):
             if not isinstance(getattr(self, name), bool):
                 raise LocalnatError(f"{name}={getattr(self, name)!r}: use True or False.")
+        drop = self.drop_first_tokens
+        if drop is not None and (isinstance(drop, bool) or not isinstance(drop, int) or drop < 0):
+            raise LocalnatError(f"drop_first_tokens={drop!r} must be an integer >= 0.")
+        if self.drop_first_token:  # the old boolean: one canonical form, so old and new records compare equal
+            if drop not in (None, 1):
+                raise LocalnatError(f"drop_first_token=True means drop_first_tokens=1, not {drop}: give only one.")
+            put("drop_first_tokens", 1)
+            put("drop_first_token", False)
         put("chat_template_kwargs", _canonical_kwargs(self.chat_template_kwargs))
         for name in ("think_open", "think_close"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name).strip():
@@ -208,6 +239,16 @@ class ScoringConfig:
     def metric_names(self) -> tuple[str, ...]:
         """The metrics as a tuple of short names, in canonical order."""
         return tuple(self.metrics.split(","))
+
+    @property
+    def local_drop(self) -> int:
+        """First tokens of each step that local naturalness leaves out (``drop_first_tokens``, else none)."""
+        return self.drop_first_tokens or 0
+
+    @property
+    def aslec_drop_tokens(self) -> int:
+        """First tokens of each step that aslec_drop leaves out (``drop_first_tokens``, else 1)."""
+        return ASLEC_DROP_DEFAULT if self.drop_first_tokens is None else self.drop_first_tokens
 
     @property
     def template_kwargs(self) -> dict[str, Any]:
@@ -440,7 +481,7 @@ def plan_row(
     def fits(num_tokens: int) -> bool:
         return context is None or num_tokens <= context
 
-    if "global" in metrics or "rsr" in metrics:
+    if any(m in metrics for m in FULL_CONTEXT_METRICS):
         too_many = max_response_tokens is not None and len(ids) > max_response_tokens
         if fits(len(prefix) + len(ids)) and not too_many:
             plan.full = len(requests)
@@ -492,9 +533,13 @@ def row_metrics(
     results: Sequence[TokenScores],
     metrics: tuple[str, ...],
     step_aggregate: str,
-    drop_first_token: bool,
+    local_drop: int = 0,
+    aslec_drop: int = ASLEC_DROP_DEFAULT,
 ) -> tuple[dict[str, float | None], list[float | None]]:
-    """Turn the engine's results for one row into metric values and per-step mean log-probs."""
+    """Turn the engine's results for one row into metric values and per-step mean log-probs.
+
+    ``local_drop``/``aslec_drop``: first tokens of each step that local naturalness / aslec_drop leave out.
+    """
     values: dict[str, float | None] = {METRIC_COLUMNS[m]: None for m in metrics}
     step_means: list[float | None] = []
     if plan.num_tokens == 0:
@@ -513,6 +558,12 @@ def row_metrics(
             surprisal = float(-logprobs.sum())
             capped = float(np.minimum(full.ranks[mask], RSR_RANK_CAP).sum())
             values["rsr"] = capped / surprisal if surprisal > 0 else None
+        if "aslec_drop" in metrics:
+            # Each kept step's tokens after its first `aslec_drop`, pooled: a token mean, not a mean of step means.
+            steps = zip(plan.step_tokens, keep, strict=True)
+            pooled = [full.logprobs[start + aslec_drop : end] for (start, end), kept_step in steps if kept_step]
+            tokens = np.concatenate(pooled).astype(np.float64) if pooled else np.zeros(0)
+            values["aslec_drop"] = float(tokens.mean()) if len(tokens) else None
     if "local" in metrics:
         per_step: list[np.ndarray | None] = []
         for j, (start, end) in enumerate(plan.step_tokens):
@@ -524,7 +575,7 @@ def row_metrics(
             else:
                 request, offset = plan.windows[j]
                 lp = results[request].logprobs[offset : offset + end - start]
-            per_step.append(lp[1:] if drop_first_token else lp)
+            per_step.append(lp[local_drop:])
         step_means = [float(lp.astype(np.float64).mean()) if lp is not None and len(lp) else None for lp in per_step]
         kept = [m for m in step_means if m is not None]
         if step_aggregate == "token_mean":

@@ -325,8 +325,9 @@ class NaturalnessScorer:
 
         columns: dict[str, list[Any]] = {c: [] for c in self.output_columns}
         for i, plan in enumerate(plans):
+            config = self.config
             values, step_means = row_metrics(
-                plan, results, self.metrics, self.config.step_aggregate, self.config.drop_first_token
+                plan, results, self.metrics, config.step_aggregate, config.local_drop, config.aslec_drop_tokens
             )
             if all(v is None for v in values.values()) and not self._warned_empty:
                 self._warned_empty = True  # once per scorer, as the length warning: a pool may hold many

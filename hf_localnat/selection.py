@@ -46,7 +46,7 @@ RANKING_COLUMNS = [
 ]
 
 # Substrings of metric names whose direction is known. A name matching both lists is ambiguous.
-_HIGHER_IS_BETTER = ("naturalness", "logprob", "log_prob", "logp", "lalp", "grape", "likelihood")
+_HIGHER_IS_BETTER = ("naturalness", "logprob", "log_prob", "logp", "lalp", "grape", "likelihood", "aslec")
 _LOWER_IS_BETTER = ("rsr", "surprisal", "perplexity", "ppl", "nll", "loss", "neg_log", "negative_log")
 _NUMERIC_DTYPE_PREFIXES = ("int", "uint", "float", "double", "half", "decimal", "null")
 _MAX_LISTED_KEYS = 5
@@ -60,8 +60,9 @@ _MAX_LISTED_KEYS = 5
 def is_higher_better(metric: str) -> bool:
     """Whether a higher value of ``metric`` is better, from its name.
 
-    Naturalness and other log-prob-like scores are higher-is-better; ``rsr``, surprisal, perplexity, NLL and
-    loss are lower-is-better. Any other name raises :class:`LocalnatError`: pass ``higher_is_better``.
+    Naturalness, ``aslec_drop`` and other log-prob-like scores are higher-is-better; ``rsr``, surprisal,
+    perplexity, NLL and loss are lower-is-better. Any other name raises :class:`LocalnatError`: pass
+    ``higher_is_better``.
 
     Example:
         >>> is_higher_better("local_naturalness"), is_higher_better("rsr")

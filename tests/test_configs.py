@@ -92,7 +92,16 @@ def test_config_validates_and_canonicalises():
     config = ScoringConfig(metrics=["rsr", "local_naturalness"], window="0.25", drop_first_token=True)
     assert (config.metrics, config.window, config.metric_names) == ("local,rsr", 0.25, ("local", "rsr"))
     assert ScoringConfig.from_dict(config.to_dict()) == config
+    # The old boolean is the same config as drop_first_tokens=1, also when read from an old provenance record.
+    assert config == ScoringConfig(metrics="local,rsr", window=0.25, drop_first_tokens=1)
+    old_record = {k: v for k, v in config.to_dict().items() if k != "drop_first_tokens"} | {"drop_first_token": True}
+    assert ScoringConfig.from_dict(old_record) == config
+    assert (config.local_drop, config.aslec_drop_tokens) == (1, 1)
+    assert (ScoringConfig().local_drop, ScoringConfig().aslec_drop_tokens) == (0, 1)
+    assert "--drop_first_tokens" in config.command_args() and "--drop_first_token" not in config.command_args()
     for bad, message in [
+        (dict(drop_first_token=True, drop_first_tokens=2), "give only one"),
+        (dict(drop_first_tokens=-1), "drop_first_tokens=-1"),
         (dict(window="0"), "window=0 is invalid"),
         (dict(metrics="nope"), "unknown metric"),
         (dict(splitter="regex:("), "not a valid regular expression"),

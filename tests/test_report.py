@@ -269,6 +269,19 @@ def test_report_header(full_report):
     assert "pool.jsonl" in page and "tiny-st" in page and "18 rows, 6 prompts" in page
 
 
+def test_every_metric_column_present_is_compared(pool, tmp_path):
+    # aslec_drop: higher is better, so a copy of local_naturalness ranks the teachers as local does.
+    with_aslec = pool.add_column("aslec_drop", pool["local_naturalness"])
+    out = tmp_path / "report"
+    build_report(with_aslec, out, n_boot=N_BOOT, progress=False, source="pool.jsonl")
+    report = json.loads((out / REPORT_JSON).read_text())
+    assert report["metrics"] == ["global_naturalness", "local_naturalness", "rsr", "aslec_drop"]
+    ranking = report["sections"]["ranking"]["metrics"]["aslec_drop"]
+    assert ranking["higher_is_better"] is True
+    local = report["sections"]["ranking"]["metrics"]["local_naturalness"]
+    assert [r["teacher"] for r in ranking["teachers"]] == [r["teacher"] for r in local["teachers"]]
+
+
 def test_ranking_numbers(full_report):
     _, report, page = full_report
     ranking = report["sections"]["ranking"]

@@ -47,6 +47,7 @@ def reference_scores(
     window=4,
     include_prompt=True,
     drop_first_token=False,
+    drop_first_tokens=None,
     step_aggregate="step_mean",
     splitter="sentence",
     max_context=None,
@@ -91,15 +92,21 @@ def reference_scores(
     def fits(length: int) -> bool:
         return max_context is None or length <= max_context
 
-    out = {"global_naturalness": None, "rsr": None}
+    # local drops nothing unless told (LALP); aslec_drop drops 1 unless told (ASLEC's function default).
+    local_drop = 1 if drop_first_token else (drop_first_tokens or 0)
+    aslec_n = 1 if drop_first_token else (1 if drop_first_tokens is None else drop_first_tokens)
+    out = {"global_naturalness": None, "rsr": None, "aslec_drop": None}
     kept_tokens = [t for step, kept in zip(step_list, step_kept, strict=True) if kept for t in step]
     fit = fits(len(prompt_ids) + len(ids)) and (max_response_tokens is None or len(ids) <= max_response_tokens)
     if ids and fit and kept_tokens:
         lp_all, ranks = full_logprobs(model, prompt_ids, ids)
         lp_kept, ranks_kept = lp_all[kept_tokens], ranks[kept_tokens]
+        kept_steps = [step for step, kept in zip(step_list, step_kept, strict=True) if kept]
+        after_drop = [lp_all[t] for step in kept_steps for t in step[aslec_n:]]
         out = {
             "global_naturalness": lp_kept.mean(),
             "rsr": np.minimum(ranks_kept, 100).sum() / (-lp_kept).sum(),
+            "aslec_drop": float(np.mean(after_drop)) if after_drop else None,
         }
     base = prompt_ids if include_prompt else [tokenizer.bos_token_id]
     step_means, tokens = [], []
@@ -113,8 +120,7 @@ def reference_scores(
             out["steps_over_context"] += 1
             continue
         lp, _ = full_logprobs(model, context, [ids[t] for t in step])
-        if drop_first_token:
-            lp = lp[1:]
+        lp = lp[local_drop:]
         tokens.extend(lp)
         if len(lp):
             step_means.append(lp.mean())
@@ -139,6 +145,8 @@ CASES = [
     dict(window=3, step_aggregate="token_mean"),
     dict(window=2, step_aggregate="min"),
     dict(window=0.5, drop_first_token=True, step_aggregate="min"),
+    dict(window=2, drop_first_tokens=2),  # ASLEC's official driver setting, for local and aslec_drop
+    dict(window=4, drop_first_tokens=0),  # aslec_drop with nothing dropped is the global token mean
 ]
 
 PROMPTS = ["What is 3 + 4? Explain.", "A train goes 60 km in 1.5 hours. How fast is it?"]
@@ -150,12 +158,13 @@ RESPONSES = [
 
 
 def _check(scorer_kwargs, model, tokenizer, prompts, responses, max_context=None):
-    scorer = NaturalnessScorer(model, tokenizer, metrics=("global", "local", "rsr"), return_steps=True, **scorer_kwargs)
+    metrics = ("global", "local", "rsr", "aslec_drop")
+    scorer = NaturalnessScorer(model, tokenizer, metrics=metrics, return_steps=True, **scorer_kwargs)
     got = scorer({"prompt": list(prompts), "response": list(responses)})
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         ref = reference_scores(model, tokenizer, prompt, response, max_context=max_context, **scorer_kwargs)
         assert got["num_steps"][i] == ref["num_steps"]
-        for column in ("global_naturalness", "local_naturalness", "rsr"):
+        for column in ("global_naturalness", "local_naturalness", "rsr", "aslec_drop"):
             if ref[column] is None:
                 assert got[column][i] is None, (column, i, scorer_kwargs)
             else:
