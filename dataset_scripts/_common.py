@@ -239,6 +239,20 @@ def add_correctness(rows: list[dict], reference_column: str | None) -> None:
         row["model_answer"], row["correct"] = grade(row.get(reference_column), row.get("response"))
 
 
+def teacher_and_id(
+    row: dict, where: str, prompt: str, teacher: str | None, teacher_column: str | None, id_column: str | None
+) -> tuple[Any, str | None]:
+    """A row's prompt id (from ``id_column``, else a hash of the prompt) and teacher (from ``teacher_column``,
+    else ``teacher``); an empty one is an error naming ``where``."""
+    name = teacher
+    if teacher_column:
+        name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
+    prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
+    if prompt_id is None:
+        fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id_column to hash the prompt.")
+    return prompt_id, name
+
+
 def long_row(
     row: dict,
     where: str,
@@ -253,12 +267,7 @@ def long_row(
 ) -> dict:
     """One long-format row from a parsed conversation: teacher from the column (else ``teacher``), id from the
     column (else a hash of the prompt), the input's other columns kept, and the conversation's system prompt."""
-    name = teacher
-    if teacher_column:
-        name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
-    prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
-    if prompt_id is None:
-        fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id_column to hash the prompt.")
+    prompt_id, name = teacher_and_id(row, where, prompt, teacher, teacher_column, id_column)
     out = {"prompt_id": prompt_id, "prompt": prompt, "teacher": name, "response": response}
     out.update(extra_columns(row, used))
     if system is not None:

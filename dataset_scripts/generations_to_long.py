@@ -33,8 +33,8 @@ from _common import (  # noqa: E402
     fail,
     load_long,
     note_replaced,
-    prompt_hash,
     save_long,
+    teacher_and_id,
     text_cell,
 )
 
@@ -116,12 +116,7 @@ def generations_to_long(
                 count = len(values) if isinstance(values, list) else type(values).__name__
                 fail(f"{where}, column {column!r}: {count} values for {len(generations)} generations. Give one "
                      f"value per generation, or leave the column out of --spread.")  # fmt: skip
-        name = teacher
-        if teacher_column:
-            name = text_cell(row.get(teacher_column), f"{where}, column {teacher_column!r}", "Name the teacher.")
-        prompt_id = row.get(id_column) if id_column else prompt_hash(prompt)
-        if prompt_id is None:
-            fail(f"{where}, column {id_column!r}: empty id. Fill it in, or drop --id_column to hash the prompt.")
+        prompt_id, name = teacher_and_id(row, where, prompt, teacher, teacher_column, id_column)
         extras = extra_columns(row, used)
         for sample, generation in enumerate(generations):
             response = text_cell(
