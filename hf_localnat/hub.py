@@ -331,6 +331,10 @@ def build_selection_folder(
         hf_localnat=block,
     )
     direction = "higher is better" if config.is_higher_better() else "lower is better"
+    recorded = scorer_config or {}
+    metrics = recorded.get("metrics") or []
+    # ASLEC is cited when its drop was used, by local steps (the old boolean too) or by the aslec_drop metric.
+    cite_aslec = bool(recorded.get("drop_first_tokens") or recorded.get("drop_first_token")) or "aslec_drop" in metrics
     card = DatasetCard.from_template(
         card_data,
         template_path=str(_template("selection_card.md")),
@@ -350,10 +354,8 @@ def build_selection_folder(
         command=_command_line(source_name, scorer_config, block["student"], config),
         selection_yaml=selection_yaml(config),
         id_definition=ID_DEFINITION,
-        metrics=(scorer_config or {}).get("metrics", []),
-        # ASLEC is cited when its drop was used, by local steps or by the aslec_drop metric.
-        cite_aslec=bool((scorer_config or {}).get("drop_first_tokens") or (scorer_config or {}).get("drop_first_token"))
-        or "aslec_drop" in ((scorer_config or {}).get("metrics") or []),
+        metrics=metrics,
+        cite_aslec=cite_aslec,
     )
     card.save(folder / "README.md")
     logger.debug("wrote %s", data_files)

@@ -361,8 +361,13 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: str, template_kwargs
 def prompt_ids(
     tokenizer: PreTrainedTokenizerBase, prompt: str, template_kwargs: dict[str, Any] | None = None
 ) -> list[int]:
-    """The student's context for a prompt, as token ids (:func:`prompt_text`; BOS first without a chat template)."""
-    text = prompt_text(tokenizer, prompt, template_kwargs)
+    """The student's context for a prompt, as token ids (:func:`prompt_text`, then :func:`encode_prompt`)."""
+    return encode_prompt(tokenizer, prompt_text(tokenizer, prompt, template_kwargs))
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The token ids of a rendered :func:`prompt_text` (BOS first without a chat template), for callers that need
+    the text too and should not render the template twice."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if getattr(tokenizer, "chat_template", None) or tokenizer.bos_token_id is None:
         return ids
@@ -383,10 +388,11 @@ class ResponseView:
     reasoning_end: int | None
 
 
-def response_view(prompt: str, response: str, config: ScoringConfig) -> ResponseView:
+def response_view(prompt: str, response: str | None, config: ScoringConfig) -> ResponseView:
     """Apply the reasoning-tag rule: when the rendered prompt (trailing whitespace stripped) ends with the opening
     tag and the response (leading whitespace stripped) starts with it, the response's leading whitespace, that
-    tag and the whitespace right after it are not scored: the prompt already said them.
+    tag and the whitespace right after it are not scored: the prompt already said them. A missing response, or
+    one with only whitespace left, has nothing to score (``text`` is ``""``), as for an empty one.
 
     Example:
         >>> config = ScoringConfig()
@@ -397,11 +403,12 @@ def response_view(prompt: str, response: str, config: ScoringConfig) -> Response
         0
     """
     skip = 0
+    response = response or ""
     stripped = response.lstrip()
     if prompt.rstrip().endswith(config.think_open) and stripped.startswith(config.think_open):
         skip = len(response) - len(stripped) + len(config.think_open)
         skip += len(response[skip:]) - len(response[skip:].lstrip())
-    text = response[skip:]
+    text = response[skip:] if response[skip:].strip() else ""
     close = text.find(config.think_close)
     return ResponseView(skip, text, None if close < 0 else close + len(config.think_close))
 
@@ -502,14 +509,14 @@ def plan_row(
                 plan.covered = len(requests)
                 requests.append(ScoreRequest(local_prefix, (), ids[: step_tokens[fitting[-1]][1]]))
         group: list[int] = []  # consecutive steps sharing one request: same window start, all fitting
+        group_context = 0  # token where the group's shared window starts
 
         def flush() -> None:
             if group:
-                context_start = step_tokens[group[0] - sizes[group[0]]][0]
                 start, end = step_tokens[group[0]][0], step_tokens[group[-1]][1]
                 for j in group:
                     plan.windows[j] = (len(requests), step_tokens[j][0] - start)
-                requests.append(ScoreRequest(local_prefix, ids[context_start:start], ids[start:end]))
+                requests.append(ScoreRequest(local_prefix, ids[group_context:start], ids[start:end]))
                 group.clear()
 
         for j in range(plan.num_covered_steps, len(step_tokens)):
@@ -520,9 +527,9 @@ def plan_row(
                 if step_keep[j]:
                     plan.steps_too_long.add(j)
                 continue
-            same_start = group and context_start == step_tokens[group[0] - sizes[group[0]]][0]
-            if not (SHARE_WINDOWS and same_start):
+            if not (SHARE_WINDOWS and group and context_start == group_context):
                 flush()
+                group_context = context_start
             group.append(j)
         flush()
     return plan

@@ -35,8 +35,8 @@ from .errors import LocalnatError
 from .metrics import (
     METRIC_COLUMNS,
     ScoringConfig,
+    encode_prompt,
     plan_row,
-    prompt_ids,
     prompt_text,
     response_view,
     row_metrics,
@@ -63,6 +63,10 @@ class LengthCounts:
         self.steps_over_context += len(plan.steps_too_long)
         self.rows_with_steps_over_context += int(bool(plan.steps_too_long))
         self.think_tag_rows += int(think_tag)
+
+    def left_out(self) -> tuple[int, int, int]:
+        """The counts of what the guard left out (not ``think_tag_rows``, which is no loss): a change warns."""
+        return self.rows_without_full_context, self.steps_over_context, self.rows_with_steps_over_context
 
     def __iadd__(self, other: LengthCounts) -> LengthCounts:
         for item in dataclasses.fields(self):
@@ -247,9 +251,9 @@ class NaturalnessScorer:
         single = not isinstance(batch[self.config.prompt_column], list)
         prompts = [batch[self.config.prompt_column]] if single else batch[self.config.prompt_column]
         responses = [batch[self.config.response_column]] if single else batch[self.config.response_column]
-        before = dataclasses.replace(self.length_counts, think_tag_rows=0)
+        before = self.length_counts.left_out()
         columns = self.score(prompts, responses)
-        if dataclasses.replace(self.length_counts, think_tag_rows=0) != before and not self._warned_length:
+        if self.length_counts.left_out() != before and not self._warned_length:
             self._warned_length = True  # once per scorer: a map over a long pool would repeat it per batch
             logger.warning("%s (Not repeated; scorer.length_counts keeps counting.)", self.length_counts.message())
         return {k: v[0] for k, v in columns.items()} if single else columns
@@ -293,12 +297,11 @@ class NaturalnessScorer:
                 raise LocalnatError(f"row {i} of the batch, column {column!r}: the prompt is missing.")
             if prompt not in prompt_cache:
                 text = prompt_text(tokenizer, prompt, kwargs)
-                prompt_cache[prompt] = (text, prompt_ids(tokenizer, prompt, kwargs))
-            view = response_view(prompt_cache[prompt][0], response or "", self.config)
-            scored = view.text if view.text.strip() else ""  # only whitespace is no answer: nothing to score
-            encoded = tokenizer(scored, add_special_tokens=False, return_offsets_mapping=True)
+                prompt_cache[prompt] = (text, encode_prompt(tokenizer, text))
+            view = response_view(prompt_cache[prompt][0], response, self.config)
+            encoded = tokenizer(view.text, add_special_tokens=False, return_offsets_mapping=True)
             starts = [start for start, _ in encoded["offset_mapping"]]
-            spans, keep = _step_spans(splitter, scored, view.reasoning_end, part)
+            spans, keep = _step_spans(splitter, view.text, view.reasoning_end, part)
             plans.append(
                 plan_row(
                     prompt_cache[prompt][1],
@@ -325,10 +328,10 @@ class NaturalnessScorer:
 
         columns: dict[str, list[Any]] = {c: [] for c in self.output_columns}
         for i, plan in enumerate(plans):
-            config = self.config
             values, step_means = row_metrics(
-                plan, results, self.metrics, config.step_aggregate, config.local_drop, config.aslec_drop_tokens
-            )
+                plan, results, self.metrics, self.config.step_aggregate, self.config.local_drop,
+                self.config.aslec_drop_tokens,
+            )  # fmt: skip
             if all(v is None for v in values.values()) and not self._warned_empty:
                 self._warned_empty = True  # once per scorer, as the length warning: a pool may hold many
                 logger.warning(

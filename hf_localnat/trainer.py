@@ -174,8 +174,7 @@ class ReselectingSFTTrainer(SFTTrainer):
             # Training past the student's context would teach it positions it was not built for.
             logger.warning("max_length=%s is longer than the student's %d positions: examples are cut at %d.",
                            args.max_length, limit, limit)  # fmt: skip
-            self.reselect_callback.max_length = limit
-            self.reselect_callback._examples.clear()
+            self.reselect_callback.cap_length(limit)
 
     # The dataloader builds batches ahead of the step that uses them (accelerate always holds the next batch;
     # dataloader workers hold copies of the selection made before they started). Each batch therefore carries

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 
 from hf_localnat.distributed import destroy_process_group_at_exit
 from hf_localnat.errors import LocalnatError
-from hf_localnat.metrics import METRIC_COLUMNS, ScoringConfig, prompt_ids, prompt_text, response_view
+from hf_localnat.metrics import METRIC_COLUMNS, ScoringConfig, encode_prompt, prompt_ids, prompt_text, response_view
 from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
 from hf_localnat.selection import (
     SelectionConfig,
@@ -231,6 +231,11 @@ class ReselectCallback(TrainerCallback):
         prompt = prompt_ids(self.tokenizer, self.pool[first][self.prompt_column], kwargs)[: self.max_length]
         return {"input_ids": prompt, "labels": [-100] * len(prompt)}
 
+    def cap_length(self, limit: int) -> None:
+        """Cut training examples at ``limit`` tokens from now on (the student's context), dropping any built longer."""
+        self.max_length = limit
+        self._examples.clear()
+
     def example(self, row: int) -> dict[str, list[int]]:
         """The training example of a pool row: chat-formatted prompt (masked with -100) + response + EOS.
 
@@ -241,10 +246,9 @@ class ReselectCallback(TrainerCallback):
             record = self.pool[row]
             kwargs = self.scoring.template_kwargs
             text = prompt_text(self.tokenizer, record[self.prompt_column], kwargs)
-            prompt = prompt_ids(self.tokenizer, record[self.prompt_column], kwargs)
-            view = response_view(text, record[self.response_column] or "", self.scoring)
-            scored = view.text if view.text.strip() else ""  # as the scorer reads it: only whitespace is no answer
-            response = list(self.tokenizer(scored, add_special_tokens=False)["input_ids"])
+            prompt = encode_prompt(self.tokenizer, text)
+            view = response_view(text, record[self.response_column], self.scoring)
+            response = list(self.tokenizer(view.text, add_special_tokens=False)["input_ids"])
             if self.tokenizer.eos_token_id is not None:
                 response.append(self.tokenizer.eos_token_id)
             input_ids = (prompt + response)[: self.max_length]
