@@ -45,10 +45,12 @@ class ScoreRequest:
 
 @dataclass
 class TokenScores:
-    """Per-token results of one request: float32 log-probs and, when asked, 1-based ranks (1 = argmax)."""
+    """Per-token results of one request: float32 log-probs and, when asked, 1-based ranks (1 = argmax) and the
+    entropy (nats) of the student's whole predictive distribution at each target position."""
 
     logprobs: np.ndarray
     ranks: np.ndarray | None = None
+    entropies: np.ndarray | None = None
 
 
 def _final_logit_transform(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -123,14 +125,18 @@ class LogProbEngine:
         requests: Sequence[ScoreRequest],
         with_ranks: bool | Sequence[bool] = False,
         on_tokens: Callable[[int], None] | None = None,
+        with_entropy: bool | Sequence[bool] = False,
     ) -> list[TokenScores]:
         """Score every request; results come back in request order.
 
-        ``with_ranks`` is one flag for all requests or one per request. ``on_tokens`` is called with the
-        number of target tokens finished after each forward pass (for progress bars).
+        ``with_ranks`` and ``with_entropy`` are one flag for all requests or one per request. ``on_tokens`` is
+        called with the number of target tokens finished after each forward pass (for progress bars).
         """
         if isinstance(with_ranks, bool):
             with_ranks = [with_ranks] * len(requests)
+        if isinstance(with_entropy, bool):
+            with_entropy = [with_entropy] * len(requests)
+        wants = list(zip(with_ranks, with_entropy, strict=True))  # per request: (ranks, entropies)
         results: list[TokenScores | None] = [None] * len(requests)
         was_training = self.model.training
         self.model.eval()
@@ -140,7 +146,10 @@ class LogProbEngine:
                 if not request.prefix:
                     raise ValueError("ScoreRequest.prefix must hold at least one token (a BOS or the prompt).")
                 if not request.target:
-                    results[i] = TokenScores(np.zeros(0, np.float32), np.zeros(0, np.int64) if with_ranks[i] else None)
+                    empty = np.zeros(0, np.float32)
+                    results[i] = TokenScores(
+                        empty, np.zeros(0, np.int64) if with_ranks[i] else None, empty if with_entropy[i] else None
+                    )
                     continue
                 groups.setdefault(request.prefix, []).append(i)
             short = {
@@ -151,10 +160,10 @@ class LogProbEngine:
             on_cache = {i for prefix in cached for i in short[prefix]}
             # Every other request (and every long one) carries its prefix in its own input and is batched freely.
             folded = [i for ids in groups.values() for i in ids if i not in on_cache]
-            self._run_group((), [requests[i] for i in folded], folded, with_ranks, results, on_tokens, fold_prefix=True)
+            self._run_group((), [requests[i] for i in folded], folded, wants, results, on_tokens, fold_prefix=True)
             for prefix in cached:
                 ids = short[prefix]
-                self._run_group(prefix, [requests[i] for i in ids], ids, with_ranks, results, on_tokens)
+                self._run_group(prefix, [requests[i] for i in ids], ids, wants, results, on_tokens)
         finally:
             self.model.train(was_training)
         return results  # type: ignore[return-value]
@@ -176,7 +185,7 @@ class LogProbEngine:
         prefix: tuple[int, ...],
         requests: list[ScoreRequest],
         ids: list[int],
-        with_ranks: Sequence[bool],
+        wants: Sequence[tuple[bool, bool]],
         results: list[TokenScores | None],
         on_tokens: Callable[[int], None] | None,
         fold_prefix: bool = False,
@@ -195,7 +204,7 @@ class LogProbEngine:
         cache = self._encode_prefix(cache_ids) if cache_ids else None
         order = sorted(range(len(requests)), key=lambda j: -len(inputs[j]))
         for batch in self._pack(order, [len(x) for x in inputs]):
-            self._run_batch(batch, inputs, first_scored, requests, ids, with_ranks, results, cache, len(cache_ids))
+            self._run_batch(batch, inputs, first_scored, requests, ids, wants, results, cache, len(cache_ids))
             if on_tokens is not None:
                 on_tokens(sum(len(requests[j].target) for j in batch))
 
@@ -244,7 +253,7 @@ class LogProbEngine:
         first_scored: list[int],
         requests: list[ScoreRequest],
         ids: list[int],
-        with_ranks: Sequence[bool],
+        wants: Sequence[tuple[bool, bool]],
         results: list[TokenScores | None],
         cache: DynamicCache | None,
         cache_len: int,
@@ -268,34 +277,48 @@ class LogProbEngine:
             cols.extend(range(first_scored[j], first_scored[j] + n))
             targets.extend(requests[j].target)
         scored_hidden = hidden[torch.tensor(rows, device=hidden.device), torch.tensor(cols, device=hidden.device)]
-        need_ranks = any(with_ranks[ids[j]] for j in batch)
-        logprobs, ranks = self.token_logprobs(scored_hidden, torch.tensor(targets, device=hidden.device), need_ranks)
+        need_ranks = any(wants[ids[j]][0] for j in batch)
+        need_entropy = any(wants[ids[j]][1] for j in batch)
+        target_ids = torch.tensor(targets, device=hidden.device)
+        logprobs, ranks, entropies = self.token_logprobs(scored_hidden, target_ids, need_ranks, need_entropy)
 
         start = 0
         for j in batch:
             n = len(requests[j].target)
             lp = logprobs[start : start + n]
-            rk = ranks[start : start + n] if (ranks is not None and with_ranks[ids[j]]) else None
-            results[ids[j]] = TokenScores(lp, rk)
+            rk = ranks[start : start + n] if (ranks is not None and wants[ids[j]][0]) else None
+            en = entropies[start : start + n] if (entropies is not None and wants[ids[j]][1]) else None
+            results[ids[j]] = TokenScores(lp, rk, en)
             start += n
 
     def token_logprobs(
-        self, hidden: torch.Tensor, targets: torch.Tensor, with_ranks: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Log-prob (and rank) of ``targets[i]`` from final hidden state ``hidden[i]``, in vocab chunks.
+        self, hidden: torch.Tensor, targets: torch.Tensor, with_ranks: bool = False, with_entropy: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Log-prob (and rank, and entropy of the whole distribution) of ``targets[i]`` from final hidden state
+        ``hidden[i]``, in chunks of positions.
 
-        The output projection runs on at most ``logits_chunk_bytes`` of float32 logits at a time.
+        The output projection runs on at most ``logits_chunk_bytes`` of float32 logits at a time; the entropy
+        ``-sum p log p`` is reduced inside the chunk, so no full distribution outlives it.
         """
         vocab = self._lm_head.weight.shape[0]
         chunk = max(1, self.logits_chunk_bytes // (4 * vocab))
         logprobs = np.empty(len(targets), dtype=np.float32)
         ranks = np.empty(len(targets), dtype=np.int64) if with_ranks else None
+        entropies = np.empty(len(targets), dtype=np.float32) if with_entropy else None
         for s in range(0, len(targets), chunk):
             logits = self._transform(self._lm_head(hidden[s : s + chunk]).float())
             tgt = targets[s : s + chunk]
             target_logit = logits.gather(1, tgt[:, None])
-            logprobs[s : s + chunk] = (target_logit[:, 0] - torch.logsumexp(logits, dim=-1)).cpu().numpy()
+            norm = torch.logsumexp(logits, dim=-1)
+            logprobs[s : s + chunk] = (target_logit[:, 0] - norm).cpu().numpy()
             if ranks is not None:
                 ranks[s : s + chunk] = (1 + (logits > target_logit).sum(dim=-1)).cpu().numpy()
+            if entropies is not None:
+                # H = log Z - sum p * logit, with p = softmax(logits): one extra pass over the chunk.
+                probs = torch.softmax(logits, dim=-1)
+                weighted = torch.where(probs > 0, probs * logits, 0.0)  # a -inf logit has p = 0: adds nothing
+                entropies[s : s + chunk] = (norm - weighted.sum(dim=-1)).cpu().numpy()
+                del weighted
+                del probs
             del logits
-        return logprobs, ranks
+        return logprobs, ranks, entropies

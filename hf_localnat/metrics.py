@@ -11,6 +11,18 @@
   ``output_drop_score`` in the official code computes it (github.com/wangbing1416/ASLEC, 5737d691,
   merge_cal_limo_ours.py). Higher is better. Its driver drops 2 (``--skip_token`` default 2, used for the released
   selections) although the function's own default and the abstract say 1; ``drop_first_tokens=2`` gives theirs.
+- ``casl`` (ASLEC's causal, step-length-corrected score): per response, M (mean log p of all tokens), M_head (the
+  first ``drop_first_tokens`` tokens of each step), M_tail (the others) and F (the share of head tokens); an
+  ordinary least-squares fit M ~ M_tail + M_head + F with intercept over a pool, then ``casl = M - gamma * F``
+  (``output_causal_score``, same file). It depends on the pool it is fitted on: see :func:`add_casl`.
+- ``ifd`` (Instruction-Following Difficulty, Cherry LLM, arXiv 2308.12032): the mean response NLL given the
+  prompt divided by the mean response NLL given the start token alone: a loss ratio, as the official
+  ``data_by_IFD.py`` computes it (github.com/tianyi-lab/Cherry_LLM, 6c200ba7: ``mean_rate = mean_2 / mean_1``).
+  Higher is better (Cherry keeps the highest, after dropping IFD > 1).
+- ``entropy``: the mean over response tokens of the entropy (nats) of the student's whole predictive
+  distribution, full context, reduced chunk by chunk. Lower is better (the student is surer of where it is).
+- ``local_naturalness@<w>``: with several windows (``window="1,2,4,8"``), local naturalness at each, in one run;
+  ``local_naturalness`` is then the first window's.
 
 A step whose window already reaches back to the start of the response sees exactly the full context, so
 its log-probs are read from the full-context pass instead of being recomputed.
@@ -24,6 +36,7 @@ scored, and a window that does not fit leaves its step ``None``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import typing
 from collections.abc import Callable, Sequence
@@ -37,13 +50,26 @@ from .engine import ScoreRequest, TokenScores
 from .errors import LocalnatError
 from .segmentation import DEFAULT_MIN_STEP_CHARS, DEFAULT_SPLITTER
 
+logger = logging.getLogger(__name__)
+
 METRIC_COLUMNS = {
     "global": "global_naturalness",
     "local": "local_naturalness",
     "rsr": "rsr",
     "aslec_drop": "aslec_drop",
+    "casl": "casl",
+    "ifd": "ifd",
+    "entropy": "entropy",
 }
-FULL_CONTEXT_METRICS = ("global", "rsr", "aslec_drop")  # read from one pass over prompt + whole response
+# Read from one pass over prompt + whole response (ifd also needs one over the response alone).
+FULL_CONTEXT_METRICS = ("global", "rsr", "aslec_drop", "casl", "ifd", "entropy")
+POOL_METRICS = ("casl",)  # fitted over a pool after every row is scored (add_casl), not by the row scorer
+# Per-row columns a metric writes besides its own (the authors' teacher-level aggregates read them).
+METRIC_EXTRA_COLUMNS = {
+    "rsr": ("rsr_mean_rank", "rsr_mean_surprisal"),
+    "casl": ("casl_mean_logprob", "casl_head_logprob", "casl_tail_logprob", "casl_head_fraction"),
+}
+CASL_EMPTY_MEAN = -16.0  # the official code's mean of an empty head or tail
 ASLEC_DROP_DEFAULT = 1  # first tokens of each step that aslec_drop leaves out unless drop_first_tokens says
 RSR_RANK_CAP = 100
 STEP_AGGREGATES = ("step_mean", "token_mean", "min")
@@ -122,6 +148,39 @@ def parse_window(text: str | int | float) -> int | float:
         raise LocalnatError(f"--window {text!r} is not a number. Use an int >= 1 or a float in (0, 1).") from None
 
 
+def canonical_window(value: str | int | float | Sequence[int | float]) -> int | float | tuple[int | float, ...]:
+    """One window as a number; several (``"1,2,4,8"`` or a list) as a tuple, first one first, repeats dropped.
+
+    Example:
+        >>> canonical_window("4"), canonical_window("1, 2,4,2"), canonical_window([0.5])
+        (4, (1, 2, 4), 0.5)
+    """
+    if isinstance(value, str) and "," in value:
+        items: list[Any] = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        items = [value]
+    windows: list[int | float] = []
+    for item in items:
+        window = validate_window(parse_window(item.strip() if isinstance(item, str) else item))
+        if window not in windows:
+            windows.append(window)
+    if not windows:
+        raise LocalnatError(f"window={value!r} names no window. Use e.g. 4, 0.5 or 1,2,4,8.")
+    return windows[0] if len(windows) == 1 else tuple(windows)
+
+
+def window_column(window: int | float) -> str:
+    """The column of local naturalness at one of several windows.
+
+    Example:
+        >>> window_column(4), window_column(0.5)
+        ('local_naturalness@4', 'local_naturalness@0.5')
+    """
+    return f"{METRIC_COLUMNS['local']}@{window}"
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """How responses are scored: the one definition of every scoring option, with its default and help.
@@ -139,10 +198,15 @@ class ScoringConfig:
     """
 
     metrics: str = field(
-        default="global,local", metadata={"help": "Comma-separated metrics: global, local, rsr, aslec_drop."}
+        default="global,local",
+        metadata={"help": "Comma-separated metrics: global, local, rsr, aslec_drop, casl, ifd, entropy."},
     )
     window: str = field(
-        default="4", metadata={"help": "Previous steps in a local context: an int >= 1, or a fraction in (0, 1)."}
+        default="4",
+        metadata={
+            "help": "Previous steps in a local context: an int >= 1, or a fraction in (0, 1). Several, e.g. 1,2,4,8, "
+            "add local_naturalness@1 ... @8 in one run (local_naturalness is then the first)."
+        },
     )
     splitter: str = field(
         default=DEFAULT_SPLITTER,
@@ -197,12 +261,20 @@ class ScoringConfig:
         },
     )
 
+    casl_fit_by: str = field(
+        default="teacher",
+        metadata={
+            "help": "casl: the column whose groups each get their own regression (ASLEC fits one per teacher); a "
+            "pool without that column gets one fit over all rows."
+        },
+    )
+
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
             object.__setattr__(self, name, value)  # frozen: the canonical form is set once, here
 
         put("metrics", ",".join(normalize_metrics(self.metrics)))
-        put("window", validate_window(parse_window(self.window)))
+        put("window", canonical_window(self.window))
         from .segmentation import splitter_name
 
         splitter_name(self.splitter)  # checks the spec (a tokens:<n> splitter needs the tokenizer only later)
@@ -241,6 +313,23 @@ class ScoringConfig:
         return tuple(self.metrics.split(","))
 
     @property
+    def windows(self) -> tuple[int | float, ...]:
+        """Every local window, the first (the one ``local_naturalness`` uses) first."""
+        return self.window if isinstance(self.window, tuple) else (self.window,)
+
+    @property
+    def row_columns(self) -> list[str]:
+        """The score columns the row scorer writes, in order (pool-fitted ``casl`` is added later)."""
+        columns: list[str] = []
+        for metric in self.metric_names:
+            if metric not in POOL_METRICS:
+                columns.append(METRIC_COLUMNS[metric])
+            if metric == "local" and len(self.windows) > 1:
+                columns += [window_column(w) for w in self.windows]
+            columns += METRIC_EXTRA_COLUMNS.get(metric, ())
+        return columns
+
+    @property
     def local_drop(self) -> int:
         """First tokens of each step that local naturalness leaves out (``drop_first_tokens``, else none)."""
         return self.drop_first_tokens or 0
@@ -261,6 +350,8 @@ class ScoringConfig:
 
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["metrics"] = list(self.metric_names)
+        if isinstance(self.window, tuple):
+            out["window"] = list(self.window)
         out["splitter"] = splitter_name(self.splitter)
         out["rsr_rank_cap"] = RSR_RANK_CAP
         return out
@@ -285,7 +376,8 @@ class ScoringConfig:
         args: list[str] = []
         for name, value in self.changed().items():
             if name not in skip:
-                args += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+                text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+                args += [f"--{name}", text.lower() if isinstance(value, bool) else text]
         return args
 
 
@@ -428,7 +520,8 @@ class RowPlan:
     num_tokens: int
     step_tokens: list[tuple[int, int]]  # [start, end) token indices of each scored step
     step_spans: list[tuple[int, int]]  # [start, end) character spans of the same steps
-    full: int | None = None  # request index: prompt + every response token (global, rsr)
+    full: int | None = None  # request index: prompt + every response token (global, rsr, ...)
+    alone: int | None = None  # request index: the start token + every response token (ifd's denominator)
     covered: int | None = None  # request index: the steps whose window reaches the start, in one pass
     num_covered_steps: int = 0
     windows: dict[int, tuple[int, int]] = field(default_factory=dict)  # step -> (request index, offset in its target)
@@ -453,12 +546,15 @@ def plan_row(
     context: int | None = None,
     max_response_tokens: int | None = None,
     keep: Sequence[bool] | None = None,
+    shared: RowPlan | None = None,
 ) -> RowPlan:
     """Append this row's requests to ``requests`` and return its plan.
 
     ``context``: the longest request (prefix + context + target tokens) the student may read; None for no limit.
     ``max_response_tokens``: longer responses get no full-context request. ``keep``: per span, whether its step
-    enters the scores (``score_part``); steps left out still serve as context.
+    enters the scores (``score_part``); steps left out still serve as context. ``bos``: the start token, the
+    context of local windows with ``include_prompt=False`` and of ifd's response-alone pass. ``shared``: the plan
+    of the same row at another window, whose full-context (and response-alone) passes this one reuses.
 
     Consecutive steps whose windows start at the same step (fraction windows: ``window=0.5`` gives steps 6 and 7
     both the context from step 3) are scored in one request: each reads exactly its own context, the earlier
@@ -488,11 +584,17 @@ def plan_row(
     def fits(num_tokens: int) -> bool:
         return context is None or num_tokens <= context
 
-    if any(m in metrics for m in FULL_CONTEXT_METRICS):
+    if shared is not None:
+        plan.full, plan.alone = shared.full, shared.alone
+    elif any(m in metrics for m in FULL_CONTEXT_METRICS):
         too_many = max_response_tokens is not None and len(ids) > max_response_tokens
-        if fits(len(prefix) + len(ids)) and not too_many:
+        # ifd's two passes are both needed or neither; the response alone is shorter than with its prompt.
+        if fits(len(prefix) + len(ids)) and not too_many and (fits(len(bos) + len(ids)) or "ifd" not in metrics):
             plan.full = len(requests)
             requests.append(ScoreRequest(prefix, (), ids))
+            if "ifd" in metrics:
+                plan.alone = len(requests)
+                requests.append(ScoreRequest(tuple(bos), (), ids))
         else:
             plan.full_too_long = True
     if "local" in metrics:
@@ -501,6 +603,8 @@ def plan_row(
         local_prefix = prefix if include_prompt else tuple(bos)
         if include_prompt and plan.full is not None:
             plan.covered = plan.full
+        elif not include_prompt and plan.alone is not None:  # the start token + every token: ifd's pass
+            plan.covered = plan.alone
         elif any(step_keep[: plan.num_covered_steps]):
             # Step j of the covered steps reads prefix + steps 0..j; the pass stops at the last step that fits.
             fitting = [j for j in range(plan.num_covered_steps) if fits(len(local_prefix) + step_tokens[j][1])]
@@ -535,6 +639,51 @@ def plan_row(
     return plan
 
 
+def _full_context_values(
+    plan: RowPlan,
+    results: Sequence[TokenScores],
+    metrics: tuple[str, ...],
+    mask: np.ndarray,
+    keep: Sequence[bool],
+    aslec_drop: int,
+) -> dict[str, float | None]:
+    """The full-context metrics of one row with at least one kept token (``mask``: the kept tokens)."""
+    full = results[plan.full]
+    logprobs = full.logprobs.astype(np.float64)[mask]
+    values: dict[str, float | None] = {}
+    mean_logprob = float(logprobs.mean())
+    if "global" in metrics:
+        values["global_naturalness"] = mean_logprob
+    if "rsr" in metrics:
+        capped = np.minimum(full.ranks[mask], RSR_RANK_CAP).astype(np.float64)
+        surprisal = float(-logprobs.sum())
+        values["rsr"] = float(capped.sum()) / surprisal if surprisal > 0 else None
+        values["rsr_mean_rank"] = float(capped.mean())
+        values["rsr_mean_surprisal"] = -mean_logprob
+    kept_steps = [(start, end) for (start, end), kept_step in zip(plan.step_tokens, keep, strict=True) if kept_step]
+    if "aslec_drop" in metrics:
+        # Each kept step's tokens after its first `aslec_drop`, pooled: a token mean, not a mean of step means.
+        pooled = [full.logprobs[start + aslec_drop : end] for start, end in kept_steps]
+        tokens = np.concatenate(pooled).astype(np.float64) if pooled else np.zeros(0)
+        values["aslec_drop"] = float(tokens.mean()) if len(tokens) else None
+    if "casl" in metrics:
+        head = np.zeros(plan.num_tokens, dtype=bool)
+        for start, end in kept_steps:
+            head[start : min(start + aslec_drop, end)] = True
+        head_lp = full.logprobs.astype(np.float64)[head]
+        tail_lp = full.logprobs.astype(np.float64)[mask & ~head]
+        values["casl_mean_logprob"] = mean_logprob
+        values["casl_head_logprob"] = float(head_lp.mean()) if len(head_lp) else CASL_EMPTY_MEAN
+        values["casl_tail_logprob"] = float(tail_lp.mean()) if len(tail_lp) else CASL_EMPTY_MEAN
+        values["casl_head_fraction"] = len(head_lp) / len(logprobs)
+    if "ifd" in metrics and plan.alone is not None:
+        alone = float(-results[plan.alone].logprobs.astype(np.float64)[mask].mean())
+        values["ifd"] = -mean_logprob / alone if alone > 0 else None
+    if "entropy" in metrics:
+        values["entropy"] = float(full.entropies.astype(np.float64)[mask].mean())
+    return values
+
+
 def row_metrics(
     plan: RowPlan,
     results: Sequence[TokenScores],
@@ -543,34 +692,27 @@ def row_metrics(
     local_drop: int = 0,
     aslec_drop: int = ASLEC_DROP_DEFAULT,
 ) -> tuple[dict[str, float | None], list[float | None]]:
-    """Turn the engine's results for one row into metric values and per-step mean log-probs.
+    """Turn the engine's results for one row into its score columns and per-step mean log-probs.
 
-    ``local_drop``/``aslec_drop``: first tokens of each step that local naturalness / aslec_drop leave out.
+    ``local_drop``/``aslec_drop``: first tokens of each step that local naturalness / aslec_drop (and casl's head)
+    leave out. The columns are those of ``ScoringConfig.row_columns`` for one window.
     """
-    values: dict[str, float | None] = {METRIC_COLUMNS[m]: None for m in metrics}
+    values: dict[str, float | None] = {}
+    for metric in metrics:
+        if metric not in POOL_METRICS:
+            values[METRIC_COLUMNS[metric]] = None
+        values.update(dict.fromkeys(METRIC_EXTRA_COLUMNS.get(metric, ())))
     step_means: list[float | None] = []
     if plan.num_tokens == 0:
         return values, step_means
     keep = plan.step_keep or [True] * len(plan.step_tokens)
-    if plan.full is not None:
-        full = results[plan.full]
+    if plan.full is not None and any(m in metrics for m in FULL_CONTEXT_METRICS):
         # The full-context metrics read the tokens of the steps score_part keeps (all of them by default).
         mask = np.zeros(plan.num_tokens, dtype=bool)
         for (start, end), kept_step in zip(plan.step_tokens, keep, strict=True):
             mask[start:end] = kept_step
-        logprobs = full.logprobs.astype(np.float64)[mask]
-        if "global" in metrics and len(logprobs):
-            values["global_naturalness"] = float(logprobs.mean())
-        if "rsr" in metrics and len(logprobs):
-            surprisal = float(-logprobs.sum())
-            capped = float(np.minimum(full.ranks[mask], RSR_RANK_CAP).sum())
-            values["rsr"] = capped / surprisal if surprisal > 0 else None
-        if "aslec_drop" in metrics:
-            # Each kept step's tokens after its first `aslec_drop`, pooled: a token mean, not a mean of step means.
-            steps = zip(plan.step_tokens, keep, strict=True)
-            pooled = [full.logprobs[start + aslec_drop : end] for (start, end), kept_step in steps if kept_step]
-            tokens = np.concatenate(pooled).astype(np.float64) if pooled else np.zeros(0)
-            values["aslec_drop"] = float(tokens.mean()) if len(tokens) else None
+        if mask.any():
+            values.update(_full_context_values(plan, results, metrics, mask, keep, aslec_drop))
     if "local" in metrics:
         per_step: list[np.ndarray | None] = []
         for j, (start, end) in enumerate(plan.step_tokens):
@@ -594,3 +736,93 @@ def row_metrics(
         else:
             values["local_naturalness"] = float(np.mean(kept)) if kept else None
     return values, step_means
+
+
+@dataclass(frozen=True)
+class CaslFit:
+    """One CASL regression: ``M ~ beta_tail * M_tail + beta_head * M_head + gamma * F + intercept``."""
+
+    beta_tail: float
+    beta_head: float
+    gamma: float
+    intercept: float
+    num_rows: int
+
+
+def fit_casl(
+    mean: Sequence[float], head: Sequence[float], tail: Sequence[float], fraction: Sequence[float]
+) -> tuple[np.ndarray, CaslFit]:
+    """CASL over one pool: an ordinary least-squares fit with intercept of each response's mean log-prob on its
+    tail mean, head mean and head-token share, then ``casl = mean - gamma * fraction``.
+
+    As ``output_causal_score`` (github.com/wangbing1416/ASLEC, 5737d691, merge_cal_limo_ours.py) with scikit-learn's
+    ``LinearRegression``: the columns are centred, the centred system solved by least squares (the minimum-norm
+    solution when it is rank-deficient, as scikit-learn's), and the intercept recovered from the means. Every input
+    must be finite.
+
+    Example:
+        >>> casl, fit = fit_casl([-1.0, -2.0, -1.5, -0.5], [-3.0, -2.5, -4.0, -1.0], [-0.8, -1.9, -1.2, -0.4],
+        ...                      [0.1, 0.05, 0.2, 0.1])
+        >>> fit.num_rows, bool(np.allclose(casl, np.array([-1.0, -2.0, -1.5, -0.5]) - fit.gamma * np.array(
+        ...     [0.1, 0.05, 0.2, 0.1])))
+        (4, True)
+    """
+    y = np.asarray(mean, dtype=np.float64)
+    x = np.column_stack([tail, head, fraction]).astype(np.float64)
+    if len(y) == 0:
+        return np.zeros(0), CaslFit(0.0, 0.0, 0.0, 0.0, 0)
+    x_mean, y_mean = x.mean(axis=0), y.mean()
+    coef = np.linalg.lstsq(x - x_mean, y - y_mean, rcond=None)[0]
+    fit = CaslFit(float(coef[0]), float(coef[1]), float(coef[2]), float(y_mean - x_mean @ coef), len(y))
+    return y - fit.gamma * x[:, 2], fit
+
+
+CASL_MIN_ROWS = 8  # fewer rows than this leave the four-parameter fit barely determined: warn
+
+
+def add_casl(dataset: Any, by: str | None = "teacher") -> tuple[Any, dict[Any, CaslFit]]:
+    """Add the pool-fitted ``casl`` column to a dataset scored with ``metrics`` including ``casl``.
+
+    ASLEC fits one regression per teacher, over all of that teacher's responses: ``by`` names the column whose
+    groups each get their own fit (None, or a column the dataset lacks: one fit over the whole pool). A CASL value
+    therefore depends on the pool it was fitted on: the same response scores differently in another pool, and
+    values from different fits are not on one scale. Rows without features (unscored, too long) get None. Returns
+    the dataset (``casl`` replaced if present) and each group's fit.
+
+    Example:
+        >>> import datasets
+        >>> ds = datasets.Dataset.from_dict({"teacher": ["a"] * 3, "casl_mean_logprob": [-1.0, -2.0, None],
+        ...     "casl_head_logprob": [-3.0, -2.0, None], "casl_tail_logprob": [-0.5, -2.0, None],
+        ...     "casl_head_fraction": [0.2, 0.1, None]})
+        >>> scored, fits = add_casl(ds)
+        >>> scored["casl"][2], sorted(fits), fits["a"].num_rows
+        (None, ['a'], 2)
+    """
+    names = METRIC_EXTRA_COLUMNS["casl"]
+    missing = [c for c in names if c not in dataset.column_names]
+    if missing:
+        raise LocalnatError(
+            f"casl needs the columns {', '.join(names)} (missing: {', '.join(missing)}). Score with "
+            "--metrics including casl first."
+        )
+    columns = [np.array([np.nan if v is None else v for v in dataset[c]], dtype=np.float64) for c in names]
+    groups = list(dataset[by]) if by is not None and by in dataset.column_names else [None] * len(dataset)
+    valid = np.all([np.isfinite(c) for c in columns], axis=0)
+    casl = np.full(len(dataset), np.nan)
+    fits: dict[Any, CaslFit] = {}
+    members: dict[Any, list[int]] = {}
+    for i, (group, ok) in enumerate(zip(groups, valid, strict=True)):
+        if ok:
+            members.setdefault(group, []).append(i)
+    for group, rows in members.items():
+        casl[rows], fits[group] = fit_casl(*(c[rows] for c in columns))
+    small = [str(g) for g, f in fits.items() if f.num_rows < CASL_MIN_ROWS]
+    if small:
+        logger.warning(
+            "casl: %d group(s) have fewer than %d scored rows, too few for a stable regression: %s",
+            len(small), CASL_MIN_ROWS, ", ".join(small[:5]),
+        )  # fmt: skip
+    values = [None if np.isnan(v) else float(v) for v in casl]
+    if "casl" in dataset.column_names:
+        dataset = dataset.remove_columns("casl")
+    return dataset.add_column("casl", values), fits

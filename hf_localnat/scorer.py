@@ -33,14 +33,15 @@ from .distributed import main_decides
 from .engine import LogProbEngine, ScoreRequest
 from .errors import LocalnatError
 from .metrics import (
-    METRIC_COLUMNS,
     ScoringConfig,
+    add_casl,
     encode_prompt,
     plan_row,
     prompt_text,
     response_view,
     row_metrics,
     start_ids,
+    window_column,
 )
 from .outputs import RunLock
 from .segmentation import get_splitter
@@ -58,10 +59,12 @@ class LengthCounts:
     rows_with_steps_over_context: int = 0
     think_tag_rows: int = 0  # rows whose opening reasoning tag the prompt already held (not scored twice)
 
-    def add(self, plan: Any, think_tag: bool = False) -> None:
+    def add(self, plan: Any, think_tag: bool = False, others: Sequence[Any] = ()) -> None:
+        """Count one row (``others``: its plans at further windows)."""
         self.rows_without_full_context += int(plan.full_too_long)
-        self.steps_over_context += len(plan.steps_too_long)
-        self.rows_with_steps_over_context += int(bool(plan.steps_too_long))
+        too_long = [len(p.steps_too_long) for p in (plan, *others)]
+        self.steps_over_context += sum(too_long)
+        self.rows_with_steps_over_context += int(any(too_long))
         self.think_tag_rows += int(think_tag)
 
     def left_out(self) -> tuple[int, int, int]:
@@ -192,7 +195,7 @@ class NaturalnessScorer:
     @property
     def output_columns(self) -> list[str]:
         """The columns this scorer adds, in order."""
-        cols = [METRIC_COLUMNS[m] for m in self.metrics] + ["num_response_tokens", "num_steps"]
+        cols = self.config.row_columns + ["num_response_tokens", "num_steps"]
         return cols + (["step_spans", "step_logprobs"] if self.config.return_steps else [])
 
     def __getstate__(self) -> dict[str, Any]:
@@ -270,10 +273,13 @@ class NaturalnessScorer:
         self._ensure_loaded()
         tokenizer = self.tokenizer
         splitter = get_splitter(self.config.splitter, min_step_chars=self.config.min_step_chars, tokenizer=tokenizer)
-        bos = start_ids(tokenizer) if ("local" in self.metrics and not self.config.include_prompt) else []
+        local_from_start = "local" in self.metrics and not self.config.include_prompt
+        bos = start_ids(tokenizer) if (local_from_start or "ifd" in self.metrics) else []
+        windows = self.config.windows if "local" in self.metrics else ()
         prompt_cache: dict[str, tuple[str, list[int]]] = {}
         requests: list[ScoreRequest] = []
         plans = []
+        extra_plans: list[list[Any]] = []  # per row, its plans at the second and later windows
         skips: list[int] = []
         kwargs = self.config.template_kwargs
         part = self.config.score_part
@@ -285,6 +291,10 @@ class NaturalnessScorer:
                 "Set max_response_tokens to bound the full-context metrics.",
                 type(self.model).__name__,
             )
+        common = dict(
+            include_prompt=self.config.include_prompt, bos=bos, requests=requests, context=context,
+            max_response_tokens=self.config.max_response_tokens,
+        )  # fmt: skip
         for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
             for column, value in ((self.config.prompt_column, prompt), (self.config.response_column, response)):
                 if value is not None and not isinstance(value, str):
@@ -302,36 +312,35 @@ class NaturalnessScorer:
             encoded = tokenizer(view.text, add_special_tokens=False, return_offsets_mapping=True)
             starts = [start for start, _ in encoded["offset_mapping"]]
             spans, keep = _step_spans(splitter, view.text, view.reasoning_end, part)
-            plans.append(
-                plan_row(
-                    prompt_cache[prompt][1],
-                    list(encoded["input_ids"]),
-                    starts,
-                    spans,
-                    self.metrics,
-                    self.config.window,
-                    self.config.include_prompt,
-                    bos,
-                    requests,
-                    context=context,
-                    max_response_tokens=self.config.max_response_tokens,
-                    keep=keep,
-                )
+            row = (prompt_cache[prompt][1], list(encoded["input_ids"]), starts, spans)
+            plans.append(plan_row(*row, self.metrics, windows[0] if windows else 1, keep=keep, **common))
+            # Later windows reuse the row's full-context pass (and the prompt cache, through the engine's groups).
+            extra_plans.append(
+                [plan_row(*row, ("local",), w, keep=keep, shared=plans[-1], **common) for w in windows[1:]]
             )
             skips.append(view.skip)
-            self.length_counts.add(plans[-1], think_tag=view.skip > 0)
+            self.length_counts.add(plans[-1], think_tag=view.skip > 0, others=extra_plans[-1])
         with_ranks = [False] * len(requests)
-        for plan in plans:
-            if plan.full is not None and "rsr" in self.metrics:
-                with_ranks[plan.full] = True
-        results = self.engine.score(requests, with_ranks=with_ranks, on_tokens=on_tokens)
+        with_entropy = [False] * len(requests)
+        for row_plan in plans:
+            if row_plan.full is not None:
+                with_ranks[row_plan.full] = "rsr" in self.metrics
+                with_entropy[row_plan.full] = "entropy" in self.metrics
+        results = self.engine.score(requests, with_ranks=with_ranks, on_tokens=on_tokens, with_entropy=with_entropy)
 
         columns: dict[str, list[Any]] = {c: [] for c in self.output_columns}
-        for i, plan in enumerate(plans):
+        for i, row_plan in enumerate(plans):
             values, step_means = row_metrics(
-                plan, results, self.metrics, self.config.step_aggregate, self.config.local_drop,
+                row_plan, results, self.metrics, self.config.step_aggregate, self.config.local_drop,
                 self.config.aslec_drop_tokens,
             )  # fmt: skip
+            if len(windows) > 1:
+                values[window_column(windows[0])] = values["local_naturalness"]
+                for window, extra in zip(windows[1:], extra_plans[i], strict=True):
+                    extra_values, _ = row_metrics(
+                        extra, results, ("local",), self.config.step_aggregate, self.config.local_drop
+                    )
+                    values[window_column(window)] = extra_values["local_naturalness"]
             if all(v is None for v in values.values()) and not self._warned_empty:
                 self._warned_empty = True  # once per scorer, as the length warning: a pool may hold many
                 logger.warning(
@@ -340,10 +349,11 @@ class NaturalnessScorer:
                 )  # fmt: skip
             for column, value in values.items():
                 columns[column].append(value)
-            columns["num_response_tokens"].append(plan.num_tokens)
-            columns["num_steps"].append(sum(plan.step_keep))
+            columns["num_response_tokens"].append(row_plan.num_tokens)
+            columns["num_steps"].append(sum(row_plan.step_keep))
             if self.config.return_steps:  # spans in the original response's characters
-                columns["step_spans"].append([[start + skips[i], end + skips[i]] for start, end in plan.step_spans])
+                spans_out = [[start + skips[i], end + skips[i]] for start, end in row_plan.step_spans]
+                columns["step_spans"].append(spans_out)
                 columns["step_logprobs"].append(step_means if "local" in self.metrics else None)
         return columns
 
@@ -368,7 +378,7 @@ def _step_spans(
 
 def output_features(scorer: NaturalnessScorer) -> datasets.Features:
     """Arrow types of the columns a scorer adds (fixed, so chunks with only None values still line up)."""
-    features = {METRIC_COLUMNS[m]: datasets.Value("float64") for m in scorer.metrics}
+    features = {column: datasets.Value("float64") for column in scorer.config.row_columns}
     features["num_response_tokens"] = datasets.Value("int64")
     features["num_steps"] = datasets.Value("int64")
     if scorer.config.return_steps:
@@ -551,8 +561,10 @@ def _score_chunks(
         if ordered
         else features.arrow_schema.empty_table()
     )
-    base = ds.remove_columns([c for c in scorer.output_columns if c in ds.column_names])
+    base = ds.remove_columns([c for c in scorer.output_columns + ["casl"] if c in ds.column_names])
     scored = datasets.concatenate_datasets([base, datasets.Dataset(scores)], axis=1)
+    if "casl" in scorer.metrics:  # fitted over the pool: only now is every row there
+        scored, _ = add_casl(scored, by=scorer.config.casl_fit_by)
     # Kept by save_to_disk: lets a trainer reuse these scores when its student and config are the same.
     source = scorer.source
     scored.info.description = json.dumps(

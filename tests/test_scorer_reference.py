@@ -39,6 +39,14 @@ def full_logprobs(model, context: list[int], target: list[int]) -> tuple[np.ndar
     return lp.numpy().astype(np.float64), ranks.numpy()
 
 
+@torch.no_grad()
+def full_entropies(model, context: list[int], target: list[int]) -> np.ndarray:
+    """-sum p log p of the whole distribution at each target position: one plain forward, full float32 logits."""
+    logits = model(torch.tensor([context + target])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)[len(context) - 1 : len(context) + len(target) - 1]
+    return (-(logp.exp() * logp).sum(-1)).numpy().astype(np.float64)
+
+
 def reference_scores(
     model,
     tokenizer,
@@ -95,18 +103,33 @@ def reference_scores(
     # local drops nothing unless told (LALP); aslec_drop drops 1 unless told (ASLEC's function default).
     local_drop = 1 if drop_first_token else (drop_first_tokens or 0)
     aslec_n = 1 if drop_first_token else (1 if drop_first_tokens is None else drop_first_tokens)
-    out = {"global_naturalness": None, "rsr": None, "aslec_drop": None}
+    full_columns = ("global_naturalness", "rsr", "aslec_drop", "rsr_mean_rank", "rsr_mean_surprisal", "ifd", "entropy")
+    casl_columns = ("casl_mean_logprob", "casl_head_logprob", "casl_tail_logprob", "casl_head_fraction")
+    out = dict.fromkeys(full_columns + casl_columns)
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     kept_tokens = [t for step, kept in zip(step_list, step_kept, strict=True) if kept for t in step]
     fit = fits(len(prompt_ids) + len(ids)) and (max_response_tokens is None or len(ids) <= max_response_tokens)
+    fit = fit and fits(1 + len(ids))  # ifd's response-alone pass
     if ids and fit and kept_tokens:
         lp_all, ranks = full_logprobs(model, prompt_ids, ids)
         lp_kept, ranks_kept = lp_all[kept_tokens], ranks[kept_tokens]
         kept_steps = [step for step, kept in zip(step_list, step_kept, strict=True) if kept]
         after_drop = [lp_all[t] for step in kept_steps for t in step[aslec_n:]]
+        heads = [t for step in kept_steps for t in step[:aslec_n]]
+        tails = [t for step in kept_steps for t in step[aslec_n:]]
+        alone, _ = full_logprobs(model, [start], ids)  # IFD: the response after the start token alone
         out = {
             "global_naturalness": lp_kept.mean(),
             "rsr": np.minimum(ranks_kept, 100).sum() / (-lp_kept).sum(),
             "aslec_drop": float(np.mean(after_drop)) if after_drop else None,
+            "rsr_mean_rank": np.minimum(ranks_kept, 100).mean(),
+            "rsr_mean_surprisal": -lp_kept.mean(),
+            "ifd": (-lp_kept.mean()) / (-alone[kept_tokens].mean()),
+            "entropy": full_entropies(model, prompt_ids, ids)[kept_tokens].mean(),
+            "casl_mean_logprob": lp_kept.mean(),
+            "casl_head_logprob": lp_all[heads].mean() if heads else -16.0,
+            "casl_tail_logprob": lp_all[tails].mean() if tails else -16.0,
+            "casl_head_fraction": len(heads) / len(kept_tokens),
         }
     base = prompt_ids if include_prompt else [tokenizer.bos_token_id]
     step_means, tokens = [], []
@@ -157,14 +180,20 @@ RESPONSES = [
 ]
 
 
+ALL_METRICS = ("global", "local", "rsr", "aslec_drop", "casl", "ifd", "entropy")
+ROW_COLUMNS = (
+    "global_naturalness", "local_naturalness", "rsr", "aslec_drop", "rsr_mean_rank", "rsr_mean_surprisal", "ifd",
+    "entropy", "casl_mean_logprob", "casl_head_logprob", "casl_tail_logprob", "casl_head_fraction",
+)  # fmt: skip
+
+
 def _check(scorer_kwargs, model, tokenizer, prompts, responses, max_context=None):
-    metrics = ("global", "local", "rsr", "aslec_drop")
-    scorer = NaturalnessScorer(model, tokenizer, metrics=metrics, return_steps=True, **scorer_kwargs)
+    scorer = NaturalnessScorer(model, tokenizer, metrics=ALL_METRICS, return_steps=True, **scorer_kwargs)
     got = scorer({"prompt": list(prompts), "response": list(responses)})
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         ref = reference_scores(model, tokenizer, prompt, response, max_context=max_context, **scorer_kwargs)
         assert got["num_steps"][i] == ref["num_steps"]
-        for column in ("global_naturalness", "local_naturalness", "rsr", "aslec_drop"):
+        for column in ROW_COLUMNS:
             if ref[column] is None:
                 assert got[column][i] is None, (column, i, scorer_kwargs)
             else:
@@ -300,3 +329,89 @@ def test_whitespace_only_response_counts_as_empty(tiny_model, tiny_tokenizer, ca
         assert got[column][1] == got[column][0], column
     assert got["num_response_tokens"][1] == 0 and got["local_naturalness"][1] is None
     assert got["step_spans"][1] == []
+
+
+@pytest.mark.parametrize("include_prompt", [True, False])
+def test_several_windows_in_one_run_match_one_reference_each(monkeypatch, tiny_model, tiny_tokenizer, include_prompt):
+    from hf_localnat.engine import LogProbEngine
+
+    full_passes = []
+    real_score = LogProbEngine.score
+
+    def spy(engine, requests, **kwargs):
+        full_passes.append(sum(len(r.context) == 0 and len(r.target) > 40 for r in requests))
+        return real_score(engine, requests, **kwargs)
+
+    monkeypatch.setattr(LogProbEngine, "score", spy)
+    scorer = NaturalnessScorer(
+        tiny_model, tiny_tokenizer, metrics="global,local,ifd", window="1,2,4,8", include_prompt=include_prompt
+    )
+    got = scorer({"prompt": PROMPTS, "response": RESPONSES})
+    assert scorer.output_columns[:6] == [
+        "global_naturalness", "local_naturalness", "local_naturalness@1", "local_naturalness@2",
+        "local_naturalness@4", "local_naturalness@8",
+    ]  # fmt: skip
+    for i in range(2):
+        for window in (1, 2, 4, 8):
+            ref = reference_scores(
+                tiny_model, tiny_tokenizer, PROMPTS[i], RESPONSES[i], window=window, include_prompt=include_prompt
+            )
+            assert got[f"local_naturalness@{window}"][i] == pytest.approx(ref["local_naturalness"], abs=TOL)
+        assert got["local_naturalness"][i] == got["local_naturalness@1"][i]
+    # One pass over the prompt (or start token) + whole response per row and context, shared by all four windows.
+    assert full_passes == [4]
+
+
+def test_window_list_is_canonical_and_round_trips():
+    from hf_localnat import ScoringConfig
+
+    config = ScoringConfig(window="2, 1,2,0.5")
+    assert config.window == (2, 1, 0.5) and config.windows == (2, 1, 0.5)
+    assert config.command_args() == ["--window", "2,1,0.5"]
+    assert ScoringConfig.from_dict(config.to_dict()) == config
+    assert ScoringConfig(window=[4]).window == 4 == ScoringConfig().window
+
+
+def test_casl_fit_matches_the_normal_equations_per_teacher(tiny_model, tiny_tokenizer):
+    """casl from score_dataset: one regression per teacher, checked by solving the normal equations directly."""
+    import datasets
+
+    from hf_localnat.scorer import score_dataset
+
+    rng = np.random.default_rng(0)
+    words = ["Add the numbers.", "So 3 + 4 = 7.", "Check it!", "The answer is 7.", "We divide 60 by 1.5.", "Done."]
+    rows = {"prompt": [], "response": [], "teacher": []}
+    for teacher in ("a", "b"):
+        for _ in range(12):
+            picked = rng.choice(len(words), size=int(rng.integers(2, 6)))
+            rows["prompt"].append(PROMPTS[int(rng.integers(0, 2))])
+            rows["response"].append(" ".join(words[k] for k in picked))
+            rows["teacher"].append(teacher)
+    scorer = NaturalnessScorer(tiny_model, tiny_tokenizer, metrics="casl", drop_first_tokens=2)
+    scored = score_dataset(datasets.Dataset.from_dict(rows), scorer, progress=False)
+    for teacher in ("a", "b"):
+        part = scored.filter(lambda r, t=teacher: r["teacher"] == t)
+        refs = [
+            reference_scores(tiny_model, tiny_tokenizer, p, r, drop_first_tokens=2)
+            for p, r in zip(part["prompt"], part["response"], strict=True)
+        ]
+        y = np.array([ref["casl_mean_logprob"] for ref in refs])
+        features = ("casl_tail_logprob", "casl_head_logprob", "casl_head_fraction")
+        x = np.array([[1.0, *(ref[f] for f in features)] for ref in refs])
+        beta = np.linalg.solve(x.T @ x, x.T @ y)  # intercept, beta_tail, beta_head, gamma
+        np.testing.assert_allclose(part["casl"], y - beta[3] * x[:, 3], atol=1e-4)
+    # The same responses fitted as one pool give other values: casl depends on the pool it was fitted on.
+    pooled = score_dataset(datasets.Dataset.from_dict(rows), NaturalnessScorer(
+        tiny_model, tiny_tokenizer, metrics="casl", drop_first_tokens=2, casl_fit_by="no_such_column"
+    ), progress=False)  # fmt: skip
+    assert not np.allclose(pooled["casl"], scored["casl"])
+
+
+def test_add_casl_needs_its_feature_columns():
+    import datasets
+
+    from hf_localnat.errors import LocalnatError
+    from hf_localnat.metrics import add_casl
+
+    with pytest.raises(LocalnatError, match="Score with --metrics including casl"):
+        add_casl(datasets.Dataset.from_dict({"casl_mean_logprob": [-1.0]}))

@@ -23,7 +23,15 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerContro
 
 from hf_localnat.distributed import destroy_process_group_at_exit
 from hf_localnat.errors import LocalnatError
-from hf_localnat.metrics import METRIC_COLUMNS, ScoringConfig, encode_prompt, prompt_ids, prompt_text, response_view
+from hf_localnat.metrics import (
+    METRIC_COLUMNS,
+    POOL_METRICS,
+    ScoringConfig,
+    encode_prompt,
+    prompt_ids,
+    prompt_text,
+    response_view,
+)
 from hf_localnat.scorer import NaturalnessScorer, scoring_provenance
 from hf_localnat.selection import (
     SelectionConfig,
@@ -155,8 +163,12 @@ class ReselectCallback(TrainerCallback):
         scoring_options, selection_options = split_options(options)
         self.selection = dataclasses.replace(selection or SelectionConfig(), **selection_options)
         # The one metric this selection needs: the column `by` names (local_naturalness -> local).
-        if self.selection.by not in METRIC_COLUMNS.values():
-            raise LocalnatError(f"by={self.selection.by!r}: use {', '.join(METRIC_COLUMNS.values())}.")
+        row_metrics = [c for m, c in METRIC_COLUMNS.items() if m not in POOL_METRICS]
+        if self.selection.by not in row_metrics:
+            why = " (casl is fitted over the whole pool, and a round re-scores part of it)" if self.selection.by in (
+                METRIC_COLUMNS[m] for m in POOL_METRICS
+            ) else ""  # fmt: skip
+            raise LocalnatError(f"by={self.selection.by!r}{why}: use {', '.join(row_metrics)}.")
         scoring_options["metrics"] = self.selection.by
         self.scoring = dataclasses.replace(scoring or ScoringConfig(), **scoring_options)
         self.higher_is_better = self.selection.is_higher_better()
