@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from datasets import Dataset
 
-from hf_localnat.data_io import load_rows, require_columns, write_rows
+from hf_localnat.data_io import conform_rows, load_rows, require_columns, write_rows
 from hf_localnat.errors import LocalnatError
 from hf_localnat.outputs import check_output as check_output_path
 
@@ -28,10 +28,23 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def load_long(source: str | os.PathLike, required: Iterable[str] = (), split: str = "train") -> list[dict]:
-    """Rows of a data file or folder as dicts; a missing file or column exits with one line."""
+def load_long(
+    source: str | os.PathLike,
+    required: Iterable[str] = (),
+    needed: Iterable[str] | Callable[[list[str]], Iterable[str]] = (),
+    split: str = "train",
+) -> list[dict]:
+    """Rows of a data file or folder as dicts (hf_localnat's reader); a missing file or column exits with one line.
+
+    ``needed`` are the columns the script reads as they are (prompt, response, messages...), or a function of the
+    column names that gives them: one whose values have several types exits naming the types found and the first
+    row that broke it. Other such columns (an ``answer`` of floats, lists and strings) are read as text, with one
+    warning (see :func:`hf_localnat.data_io.load_rows`).
+    """
     try:
         ds = load_rows(source, split=split)
+        names = needed(ds.column_names) if callable(needed) else needed
+        require_columns(ds, [name for name in names if name in ds.column_names], str(source))
         require_columns(ds, required, str(source))
     except LocalnatError as err:
         fail(str(err))
@@ -49,19 +62,6 @@ def check_output(
         fail(str(err))
 
 
-def _text_where_mixed(rows: list[dict], columns: list[str]) -> list[str]:
-    """Store as text (in place) the columns that hold both text and numbers, e.g. a CSV's 4 beside a JSONL's "4"."""
-    mixed = []
-    for column in columns:
-        kinds = {type(row[column]) for row in rows if row[column] is not None}
-        if str in kinds and kinds & {int, float, bool}:
-            mixed.append(column)
-            for row in rows:
-                if row[column] is not None and not isinstance(row[column], str):
-                    row[column] = str(row[column])
-    return mixed
-
-
 def save_long(
     rows: list[dict], output: str | os.PathLike, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()
 ) -> Path:
@@ -69,12 +69,14 @@ def save_long(
     path = check_output(output, inputs, overwrite)
     if not rows:
         fail("no rows to write.")
-    # Dataset.from_list takes its columns from the first row: give every row every column (None where absent).
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    rows = [{column: row.get(column) for column in columns} for row in rows]
-    mixed = _text_where_mixed(rows, columns)
+    # Every row gets every column (Dataset.from_list takes its columns from the first row), and a column whose
+    # values have several types (a CSV's 4 beside a JSONL's "4", one teacher's list beside another's float) is
+    # written as text, by the rule the readers use (hf_localnat.data_io.as_text).
+    rows, mixed = conform_rows(rows)
+    columns = list(rows[0])
     if mixed:
-        print(f"note: column(s) {', '.join(mixed)} hold both text and numbers; written as text.", file=sys.stderr)
+        names = ", ".join(column.describe() for column in mixed)
+        print(f"note: column(s) {names} hold values of several types; written as text.", file=sys.stderr)
     try:
         ds = Dataset.from_list(rows)
     except (TypeError, ValueError, ArithmeticError) as err:  # pyarrow's ArrowInvalid/ArrowTypeError are these
@@ -275,13 +277,19 @@ def long_row(
     return out
 
 
-def convert_files(args: Any, required: list[str], convert: Callable[[list[dict], str | None, str], list[dict]]) -> int:
-    """The shared ``main`` of the per-file converters: read each of ``args.inputs``, convert its rows with
-    ``convert(rows, teacher, path)`` (teacher from the file name or ``--teacher``), add ``correct``, write once."""
+def convert_files(
+    args: Any,
+    required: list[str],
+    convert: Callable[[list[dict], str | None, str], list[dict]],
+    needed: Iterable[str] = (),
+) -> int:
+    """The shared ``main`` of the per-file converters: read each of ``args.inputs`` (``needed``: as for
+    :func:`load_long`), convert its rows with ``convert(rows, teacher, path)`` (teacher from the file name or
+    ``--teacher``), add ``correct``, write once."""
     check_output(args.output, args.inputs, args.overwrite)
     long_rows: list[dict] = []
     for path in args.inputs:
-        rows = load_long(path, required=required)
+        rows = load_long(path, required=required, needed=needed)
         note_replaced(rows[0] if rows else [], required, path)
         teacher = teacher_from_path(path) if args.teacher_from_filename else args.teacher
         long_rows += convert(rows, teacher, path)

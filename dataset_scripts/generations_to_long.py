@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output(args.output, [args.input], args.overwrite)
     required = [args.prompt_column, args.generations_column]
     required += [c for c in (args.id_column, args.teacher_column, args.reference_column) if c]
-    rows = load_long(args.input, required=required)
+    rows = load_long(args.input, required=required, needed=[args.prompt_column, args.generations_column])
     spread = [c.strip() for c in args.spread.split(",") if c.strip()] if args.spread else None
     for column in spread or []:
         if rows and column not in rows[0]:

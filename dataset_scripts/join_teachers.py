@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     required = [args.prompt_column, args.response_column] + [c for c in (args.id_column, args.reference_column) if c]
     inputs = {}
     for teacher, path in paths.items():
-        inputs[teacher] = load_long(path, required=required)
+        inputs[teacher] = load_long(path, required=required, needed=[args.prompt_column, args.response_column])
         note_replaced(inputs[teacher][0] if inputs[teacher] else [], required, path)
     if len(paths) < 2:
         print("note: only one --input given; nothing to join, converting it alone.", file=sys.stderr)

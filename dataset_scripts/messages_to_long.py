@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda rows, teacher, path: messages_to_long(
             rows, teacher, args.teacher_column, args.messages_column, args.id_column, args.system_in_prompt, path
         ),
+        needed=[args.messages_column],
     )
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import check_output, fail, save_long  # noqa: E402
+from _common import check_output, fail, load_long, save_long  # noqa: E402
 
 STEP_SEPARATOR = "\n\n"
 REQUIRED = ("id", "generator", "problem", "steps", "label")
@@ -39,7 +38,7 @@ def processbench_rows(records: list[dict], source: str = "input") -> list[dict]:
     """
     rows = []
     for index, record in enumerate(records):
-        missing = [key for key in REQUIRED if key not in record]
+        missing = [key for key in REQUIRED if record.get(key) is None]
         if missing:
             fail(f"{source} record {index}: missing {', '.join(missing)}. Is this a ProcessBench file?")
         steps = record["steps"]
@@ -78,12 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.input)
     if not path.is_file():
         fail(f"{path} not found. Point at processbench_<subset>.json.")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        fail(f"{path}: not valid JSON ({err.msg} at line {err.lineno}).")
-    if not isinstance(records, list):
-        fail(f"{path}: expected a JSON list of records, got {type(records).__name__}.")
+    # hf_localnat's reader, as in every script: a JSON array (ProcessBench's layout) or JSON lines.
+    records = load_long(path, required=REQUIRED, needed=("problem", "steps", "label"))
     if args.sample is not None:
         keep = sorted(random.Random(args.seed).sample(range(len(records)), min(args.sample, len(records))))
         records = [records[i] for i in keep]

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             args.system_in_prompt,
             path,
         ),
+        needed=[args.prompt_column, args.completion_column],
     )
 
 if __name__ == "__main__":

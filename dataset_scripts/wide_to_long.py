@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_output(args.output, [args.input], args.overwrite)
     required = [args.prompt_column] + [c for c in (args.id_column, args.reference_column) if c]
-    rows = load_long(args.input, required=required)
+    def needed(names: list[str]) -> list[str]:  # the prompt and the response columns are read as they are
+        return [args.prompt_column, *teacher_columns(names, args.teachers, args.teacher_prefix, args.input)]
+
+    rows = load_long(args.input, required=required, needed=needed)
     columns = list(rows[0]) if rows else []
     teachers = teacher_columns(columns, args.teachers, args.teacher_prefix, args.input)
     if args.prompt_column in teachers or args.id_column in teachers:

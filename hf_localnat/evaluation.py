@@ -1,9 +1,10 @@
 """``hf-localnat evaluate``: how often a student solves a math benchmark, greedy decoding, checked by math-verify.
 
 Each problem is sent as one user turn through the student's chat template (the problem, then an instruction to
-box the final answer), generated greedily, and graded with :func:`hf_localnat.answers.grade`. Accuracy comes with
-a 95% Wilson interval, returned like ``evaluate.load("accuracy").compute(...)`` so it can be logged next to a TRL
-run.
+box the final answer), generated greedily, and graded with :func:`hf_localnat.answers.grade_response`. The summary
+is computed by the ``math_verify_accuracy`` :mod:`evaluate` module shipped in the package
+(:func:`load_math_verify_accuracy`): accuracy with a 95% Wilson interval, returned like
+``evaluate.load("accuracy").compute(...)`` so it can be logged next to a TRL run.
 
 Example:
     hf-localnat evaluate --benchmark ../shared/data/benchmarks/gsm8k.jsonl --limit 100 --output gsm8k_eval.jsonl
@@ -17,8 +18,9 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -28,6 +30,9 @@ from .answers import grade_response, reference_answer
 from .errors import LocalnatError
 from .metrics import ScoringConfig, with_fields_of
 from .student import StudentArguments, context_length
+
+if TYPE_CHECKING:
+    import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +136,54 @@ def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float,
     return low, high
 
 
+def math_verify_accuracy_path() -> str:
+    """The folder of the ``math_verify_accuracy`` :mod:`evaluate` module shipped in hf_localnat, for ``evaluate.load``.
+
+    Loading it by this path reads the module from the package, with nothing fetched from the Hub (it works offline).
+
+    Example:
+        >>> import evaluate
+        >>> metric = evaluate.load(math_verify_accuracy_path())
+        >>> metric.compute(predictions=["#### 42", r"\\boxed{41}"], references=["42", "42"])["accuracy"]
+        0.5
+    """
+    folder = files("hf_localnat") / "evaluate_metrics" / "math_verify_accuracy"
+    if not (folder / "math_verify_accuracy.py").is_file():
+        raise LocalnatError(
+            f"the math_verify_accuracy module is missing from the installed package ({folder}). Reinstall hf_localnat."
+        )
+    return str(folder)
+
+
+def load_math_verify_accuracy(**kwargs: Any) -> evaluate.EvaluationModule:
+    """``evaluate.load`` of the shipped ``math_verify_accuracy`` module (``kwargs`` go to ``evaluate.load``).
+
+    Inputs: ``predictions`` (generated texts) and ``references`` (gold answers), as strings. Outputs: ``accuracy``,
+    ``accuracy_ci_low``/``accuracy_ci_high`` (95% Wilson), ``num_problems``, ``num_correct``, ``num_no_answer``,
+    ``num_marked_answer``, ``num_bare_answer``, ``num_unmarked_answer`` and ``num_correct_unmarked``.
+
+    Example:
+        >>> metric = load_math_verify_accuracy(keep_in_memory=True)
+        >>> metric.add_batch(predictions=["The answer is 0.5"], references=[r"\\frac{1}{2}"])
+        >>> metric.compute()["num_correct"]
+        1
+    """
+    import evaluate
+
+    return evaluate.load(math_verify_accuracy_path(), **kwargs)
+
+
+def reference_text(reference: Any) -> str:
+    """A benchmark's reference as the text the metric takes: text as it is, a number as its answer (27.0 -> "27"),
+    and "" (no answer, graded None) for a missing one.
+
+    Example:
+        >>> reference_text(27.0), reference_text("Sum.\\n#### 18"), reference_text(None)
+        ('27', 'Sum.\\n#### 18', '')
+    """
+    return reference if isinstance(reference, str) else (reference_answer(reference) or "")
+
+
 def _render(
     tokenizer: PreTrainedTokenizerBase, problem: str, instruction: str, template_kwargs: dict[str, Any] | None = None
 ) -> tuple[str, bool]:
@@ -206,9 +259,11 @@ def evaluate_student(
     correct`` and ``truncated`` (stopped by ``max_new_tokens`` or the student's context). ``correct`` is None when
     no answer could be read; it counts as wrong. ``answer_source`` is "marked" (``\\boxed{}``, "final answer",
     ``#### N``), "bare" or "unmarked": free text read by math-verify's last readable value, which can match by chance.
-    Metrics: ``accuracy, accuracy_ci_low, accuracy_ci_high`` (95% Wilson), ``num_problems, num_correct,
-    num_no_answer, num_truncated``, and ``num_unmarked_answer, num_correct_unmarked`` (so
-    ``(num_correct - num_correct_unmarked) / num_problems`` is the accuracy on marked answers only).
+    Metrics, computed by the ``math_verify_accuracy`` :mod:`evaluate` module (:func:`load_math_verify_accuracy`)
+    from the generations and references: ``accuracy, accuracy_ci_low, accuracy_ci_high`` (95% Wilson),
+    ``num_problems, num_correct, num_no_answer``, ``num_marked_answer, num_bare_answer, num_unmarked_answer,
+    num_correct_unmarked`` (so ``(num_correct - num_correct_unmarked) / num_problems`` is the accuracy on marked and
+    bare answers only), and ``num_truncated``.
 
     Example:
         >>> records, metrics = evaluate_student(model, tokenizer, ["What is 2+3?"], ["5"])  # doctest: +SKIP
@@ -229,6 +284,7 @@ def evaluate_student(
     # Longest first: batches of similar lengths waste less padding, and an out-of-memory shows up at once.
     order = sorted(range(len(problems)), key=lambda i: -len(encoded[i]))
     records: list[dict | None] = [None] * len(problems)
+    metric = load_math_verify_accuracy(keep_in_memory=True)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(problems), desc="Evaluate", unit="problem", disable=not progress)
@@ -237,8 +293,9 @@ def evaluate_student(
             batch = order[start : start + batch_size]
             prompts = [encoded[i] for i in batch]
             outputs = _generate(model, prompts, max_new_tokens, pad_id, eos_ids, max_positions=positions)
-            for i, (tokens, truncated) in zip(batch, outputs, strict=True):
-                generation = tokenizer.decode(tokens, skip_special_tokens=True)
+            generations = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens, _ in outputs]
+            metric.add_batch(predictions=generations, references=[reference_text(answers[i]) for i in batch])
+            for i, (_, truncated), generation in zip(batch, outputs, generations, strict=True):
                 graded = grade_response(answers[i], generation)
                 records[i] = {
                     "index": i,
@@ -255,19 +312,9 @@ def evaluate_student(
         bar.close()
         model.train(was_training)
     done = [record for record in records if record is not None]
-    num_correct = sum(record["correct"] is True for record in done)
-    low, high = wilson_interval(num_correct, len(done))
-    metrics = {
-        "accuracy": num_correct / len(done) if done else 0.0,
-        "accuracy_ci_low": low,
-        "accuracy_ci_high": high,
-        "num_problems": len(done),
-        "num_correct": num_correct,
-        "num_no_answer": sum(record["correct"] is None for record in done),
-        "num_truncated": sum(record["truncated"] for record in done),
-        "num_unmarked_answer": sum(r["answer_source"] == "unmarked" and r["correct"] is not None for r in done),
-        "num_correct_unmarked": sum(r["answer_source"] == "unmarked" and r["correct"] is True for r in done),
-    }
+    # compute() with nothing added has no inputs to read: give it the empty lists.
+    metrics = metric.compute() if done else metric.compute(predictions=[], references=[])
+    metrics["num_truncated"] = sum(record["truncated"] for record in done)
     return done, metrics
 
 
@@ -281,12 +328,15 @@ def load_benchmark(
         >>> answers[0][-5:]  # doctest: +SKIP
         '#### 18'
     """
-    from .data_io import load_rows, require_text
+    from .data_io import load_rows, require_columns, require_text
 
     ds = load_rows(path)
     if len(ds) == 0:
         raise LocalnatError(f"{path}: no rows. Give a benchmark with one problem per row.")
     problem, answer = detect_columns(ds.column_names, problem_column, answer_column, path)
+    # The problems must be read as they are; other columns whose values have several types are read as text (the
+    # reference answers included: they are graded from text), with one warning.
+    require_columns(ds, [problem], path, {problem: "--problem_column"})
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     require_text(ds, problem, path, allow_none=False)

@@ -196,7 +196,7 @@ def test_join_teachers_mixed_reference_types_and_bad_output(tmp_path, capsys):
     pd.DataFrame([{"prompt": Q1, "response": "It is 5. Final answer: 5", "ref": 4}]).to_csv(b, index=False)
     out = tmp_path / "joined.jsonl"
     assert join_teachers.main(["--input", f"a={a}", "--input", f"b={b}", str(out), "--reference-column", "ref"]) == 0
-    assert "ref hold both text and numbers" in capsys.readouterr().err
+    assert "'ref' (str, int) hold values of several types; written as text" in capsys.readouterr().err
     assert [(row["teacher"], row["ref"], row["correct"]) for row in read_jsonl(out)] == [("a", "4", True),
                                                                                        ("b", "4", False)]  # fmt: skip
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,3 +178,147 @@ def test_real_benchmark_columns_are_detected(name):
         gold = reference_answer(row[answer])
         assert gold and "####" not in gold
         assert is_correct(row[answer], f"So the result is \\boxed{{{gold}}}.") is True
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The math_verify_accuracy evaluate module
+# ---------------------------------------------------------------------------------------------------------
+
+# (prediction, reference, correct, where the answer was read), each decided by hand.
+HAND_GRADED = [
+    (r"We add them: \boxed{42}", "42", True, "marked"),
+    ("6 * 7 = 42\n#### 42", "The product is 42.\n#### 42", True, "marked"),
+    (r"Half of it: \boxed{\frac{1}{2}}", "0.5", True, "marked"),  # a fraction against a decimal
+    (r"So \boxed{41}", "42", False, "marked"),
+    ("0.5", r"\frac{1}{2}", True, "bare"),
+    ("She has 17 apples and buys 25 more, 42 in all", "42", True, "unmarked"),  # the last number, unmarked
+    ("Adding 12 and then 31 more gives 43 apples", "42", False, "unmarked"),
+    ("I do not know.", "7", None, None),
+    ("", "3", None, None),
+]
+OLD_METRIC_KEYS = {
+    "accuracy", "accuracy_ci_low", "accuracy_ci_high", "num_problems", "num_correct", "num_no_answer",
+    "num_truncated", "num_unmarked_answer", "num_correct_unmarked",
+}  # fmt: skip
+
+
+def slow_summary(cases: list[tuple]) -> dict:
+    """The expected output, computed apart: counts by hand labels, the Wilson bounds as roots of a quadratic."""
+    from scipy.stats import norm
+
+    n = len(cases)
+    k = sum(correct is True for _, _, correct, _ in cases)
+    z = norm.ppf(0.975)
+    # The Wilson bounds are the p with (k/n - p)^2 = z^2 p (1 - p) / n: (n + z^2) p^2 - (2k + z^2) p + k^2/n = 0.
+    a, b, c = n + z * z, -(2 * k + z * z), k * k / n
+    root = math.sqrt(b * b - 4 * a * c)
+    counts = {
+        f"num_{source}_answer": sum(s == source and correct is not None for _, _, correct, s in cases)
+        for source in ("marked", "bare", "unmarked")
+    }
+    return {
+        "accuracy": k / n,
+        "accuracy_ci_low": (-b - root) / (2 * a),
+        "accuracy_ci_high": (-b + root) / (2 * a),
+        "num_problems": n,
+        "num_correct": k,
+        "num_no_answer": sum(correct is None for _, _, correct, _ in cases),
+        **counts,
+        "num_correct_unmarked": sum(s == "unmarked" and correct is True for _, _, correct, s in cases),
+    }
+
+
+def test_metric_loads_by_path_offline_and_matches_a_slow_reference(tmp_path):
+    """evaluate.load(path) in a fresh process with the Hub switched off and unreachable, a fresh modules cache."""
+    script = (
+        "import json, sys, evaluate\n"
+        "from hf_localnat.evaluation import math_verify_accuracy_path\n"
+        "cases = json.loads(sys.argv[1])\n"
+        "metric = evaluate.load(math_verify_accuracy_path())\n"
+        "metric.add_batch(predictions=[c[0] for c in cases[:4]], references=[c[1] for c in cases[:4]])\n"
+        "result = metric.compute(predictions=[c[0] for c in cases[4:]], references=[c[1] for c in cases[4:]])\n"
+        "print(json.dumps([metric.name, result]))\n"
+    )
+    env = {
+        **os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(HAND_GRADED)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert name == "math_verify_accuracy"
+    assert list((tmp_path / "modules").rglob("math_verify_accuracy.py"))  # imported from the shipped folder
+    want = slow_summary(HAND_GRADED)
+    assert result.keys() == want.keys()
+    for key, value in want.items():
+        assert result[key] == pytest.approx(value, abs=1e-12), key
+    assert result["num_problems"] == 9 and result["num_correct"] == 5 and result["num_no_answer"] == 2
+
+
+def test_metric_agrees_with_each_graded_answer():
+    from hf_localnat.answers import grade_response
+    from hf_localnat.evaluation import load_math_verify_accuracy
+
+    for prediction, reference, correct, source in HAND_GRADED:
+        graded = grade_response(reference, prediction)
+        assert (graded.correct, graded.source if correct is not None else None) == (correct, source), prediction
+    metric = load_math_verify_accuracy(keep_in_memory=True)
+    assert metric.compute(predictions=[], references=[])["num_problems"] == 0
+
+
+def test_evaluate_student_computes_through_the_module(monkeypatch, tiny_model, tiny_tokenizer):
+    problems = [f"Problem {i}?" for i in range(len(HAND_GRADED))]
+    answers = [reference for _, reference, _, _ in HAND_GRADED]
+    answers[0] = 42.0  # a number: the module is given "42"
+    scripted = dict(zip(problems, [prediction for prediction, _, _, _ in HAND_GRADED], strict=True))
+
+    def fake_generate(model, prompts, max_new_tokens, pad_id, eos_ids, max_positions=None):
+        texts = [tiny_tokenizer.decode(ids) for ids in prompts]
+        found = [next(p for p in problems if p in text) for text in texts]
+        return [(tiny_tokenizer(scripted[p], add_special_tokens=False)["input_ids"], False) for p in found]
+
+    batches = []
+    real_load = evaluation.load_math_verify_accuracy
+
+    def spy_load(**kwargs):
+        module = real_load(**kwargs)
+        add_batch = module.add_batch
+
+        def recorded(**batch):
+            batches.append(batch)
+            return add_batch(**batch)
+
+        module.add_batch = recorded
+        return module
+
+    monkeypatch.setattr(evaluation, "_generate", fake_generate)
+    monkeypatch.setattr(evaluation, "load_math_verify_accuracy", spy_load)
+    records, metrics = evaluate_student(tiny_model, tiny_tokenizer, problems, answers, batch_size=4, progress=False)
+    assert [len(batch["predictions"]) for batch in batches] == [4, 4, 1]
+    fed = sorted(pair for batch in batches for pair in zip(batch["predictions"], batch["references"], strict=True))
+    assert fed == sorted((prediction, reference) for prediction, reference, _, _ in HAND_GRADED)  # 42.0 as "42"
+    assert OLD_METRIC_KEYS <= set(metrics) and metrics["num_truncated"] == 0
+    want = slow_summary(HAND_GRADED)
+    for key, value in want.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+    assert [record["correct"] for record in records] == [correct for _, _, correct, _ in HAND_GRADED]
+
+
+def test_mixed_type_answer_column_is_read_as_text(tmp_path, caplog):
+    path = write_jsonl(
+        tmp_path / "bench.jsonl",
+        [
+            {"problem": "1/2?", "answer": 0.5},
+            {"problem": "Primes?", "answer": [2, 3]},
+            {"problem": "x?", "answer": "x"},
+        ],
+    )
+    problems, answers = load_benchmark(str(path))
+    assert answers == ["0.5", "[2, 3]", "x"] and problems[0] == "1/2?"
+    assert any("'answer' (float, list, str)" in record.getMessage() for record in caplog.records)
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"problem": "1/2?", "answer": "0.5"}, {"problem": 3, "answer": "3"}])
+    with pytest.raises(LocalnatError, match=r"line 2 \(row 1\), column 'problem': int 3 .*--problem_column"):
+        load_benchmark(str(path))
