@@ -15,24 +15,27 @@ except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
 from .errors import LocalnatError  # noqa: E402
-from .metrics import ScoringConfig  # noqa: E402
+from .metrics import ScoringConfig, add_casl  # noqa: E402
 from .scorer import NaturalnessScorer  # noqa: E402
-from .selection import SelectionConfig, rank_teachers, select_responses  # noqa: E402
+from .selection import RankingConfig, SelectionConfig, rank_teachers, select_responses, selection_accuracy  # noqa: E402
 from .student import load_student  # noqa: E402
 
 __all__ = [
     "LocalnatError",
     "NaturalnessScorer",
+    "RankingConfig",
     "ReselectConfig",
     "ReselectingSFTTrainer",
     "ScoringConfig",
     "SelectionConfig",
     "__version__",
+    "add_casl",
     "load_student",
     "push_selection",
     "push_student",
     "rank_teachers",
     "select_responses",
+    "selection_accuracy",
 ]
 
 

@@ -33,7 +33,7 @@ from transformers import HfArgumentParser
 from .distributed import destroy_process_group_at_exit
 from .errors import LocalnatError
 from .metrics import ScoringConfig, with_fields_of
-from .selection import SelectionConfig
+from .selection import RankingConfig, SelectionConfig
 from .student import StudentArguments
 
 logger = logging.getLogger("hf_localnat")
@@ -66,15 +66,78 @@ class SelectArguments:
 
 @dataclass
 @with_fields_of(SelectionConfig, only=("by", "group_by", "higher_is_better"))
+@with_fields_of(RankingConfig)
 class RankTeachersArguments:
-    """``hf-localnat rank-teachers SCORED --by METRIC``: rank teachers by their mean score over prompts."""
+    """``hf-localnat rank-teachers SCORED --by METRIC``: rank teachers by their mean score over prompts.
 
-    MIN_VALUES = {"n_bootstrap": 1}
+    With ``--until_confident P`` the input is an unscored pool: prompts are scored (with ``--student`` and the
+    scoring options) in a seeded random order until the top teacher's P(top) reaches P.
+    """
 
-    teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
-    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% CI."})
+    MIN_VALUES = {"n_bootstrap": 1, "block_prompts": 1, "min_prompts": 1}
+
     output: str | None = field(default=None, metadata={"help": "Write the table to this .csv or .json file."})
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+    until_confident: float | None = field(
+        default=None,
+        metadata={
+            "help": "Score the pool (unscored rows) prompt block by prompt block, in a seeded random order, until "
+            "the top teacher's P(top) reaches this probability (e.g. 0.95) or the pool is done. Needs --output; "
+            "resumable; a rerun with a higher value reuses the blocks scored."
+        },
+    )
+    block_prompts: int = field(default=10, metadata={"help": "With --until_confident: prompts scored per block."})
+    min_prompts: int = field(
+        default=20,
+        metadata={"help": "With --until_confident: never stop before this many prompts (a tiny bootstrap is sure)."},
+    )
+    scored_output: str | None = field(
+        default=None, metadata={"help": "With --until_confident: also write the rows scored (.parquet, .jsonl, ...)."}
+    )
+
+
+@dataclass
+class GraceArguments:
+    """``hf-localnat grace POOL --output grace.csv``: GRACE, a teacher-level score from the student's gradients."""
+
+    output: str | None = field(default=None, metadata={"help": "Write the table to this .csv or .json file."})
+    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+    overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
+
+
+def run_grace(args: GraceArguments, student: StudentArguments, config: Any, pool_path: str) -> None:
+    from .data_io import atomic_file, load_rows, require_columns
+    from .grace import grace_scores
+    from .outputs import check_output
+    from .student import load_student
+
+    if args.output:
+        if Path(args.output).suffix.lower() not in (".csv", ".json"):
+            raise LocalnatError(f"--output {args.output!r}: use a .csv or .json file name.")
+        check_output(args.output, "file", inputs=[pool_path], overwrite=args.overwrite)
+    ds = load_rows(pool_path, split=args.split)
+    names = ("teacher_column", "group_by", "prompt_column", "response_column")
+    require_columns(ds, [getattr(config, n) for n in names], pool_path, flags_for(config, *names))
+    model, tokenizer = load_student(student.student)
+    table = grace_scores(model, tokenizer, ds, config)
+    shown = table[["rank", "teacher", "grace", "grace_std", "num_prompts", "num_responses", "backward_passes"]]
+    print("Teachers ranked by GRACE (lower is better; mean and standard deviation over the prompt splits):")
+    print(shown.to_string(index=False))
+    print(f"{int(table['backward_passes'].sum())} backward passes in {table['seconds'].sum():.0f} s.")
+    if args.output:
+        out = check_output(args.output, "file", inputs=[pool_path], overwrite=args.overwrite)
+        with atomic_file(out) as tmp:
+            if out.suffix.lower() == ".csv":
+                table.to_csv(tmp, index=False)
+            else:
+                table.to_json(tmp, orient="records", indent=2)
+        print(f"Wrote the GRACE of {len(table)} teachers -> {out}")
+
+
+def _grace_config() -> type:
+    from .grace import GraceConfig
+
+    return GraceConfig
 
 
 @dataclass
@@ -277,8 +340,10 @@ def run_select(args: SelectArguments, selection: SelectionConfig, scored_path: s
     print(f"Selected {len(selected)} rows -> {args.output}")
 
 
-def run_rank_teachers(args: RankTeachersArguments, scored_path: str) -> None:
-    from .data_io import load_rows, require_columns
+def run_rank_teachers(
+    args: RankTeachersArguments, student: StudentArguments, scoring: ScoringConfig, scored_path: str
+) -> None:
+    from .data_io import atomic_file, load_rows, require_columns, write_rows
     from .outputs import check_output
     from .selection import format_ranking, rank_teachers
 
@@ -286,33 +351,52 @@ def run_rank_teachers(args: RankTeachersArguments, scored_path: str) -> None:
         if Path(args.output).suffix.lower() not in (".csv", ".json"):
             raise LocalnatError(f"--output {args.output!r}: use a .csv or .json file name.")
         check_output(args.output, "file", inputs=[scored_path], overwrite=args.overwrite)
+    if args.until_confident is not None:
+        if not args.output:
+            raise LocalnatError("--until_confident needs --output ranking.json (its blocks resume beside it).")
+        if args.scored_output:
+            check_output(args.scored_output, "rows", inputs=[scored_path], overwrite=args.overwrite)
     ds = load_rows(scored_path)
-    require_columns(
-        ds,
-        [args.by, args.teacher_column, args.group_by],
-        scored_path,
-        flags_for(args, "by", "teacher_column", "group_by"),
-    )
-    table = rank_teachers(
-        ds,
-        by=args.by,
-        teacher_column=args.teacher_column,
-        group_by=args.group_by,
-        higher_is_better=args.higher_is_better,
-        n_bootstrap=args.n_bootstrap,
-    )
+    needed = [args.teacher_column, args.group_by]
+    needed += [scoring.prompt_column, scoring.response_column] if args.until_confident is not None else [args.by]
+    require_columns(ds, needed, scored_path, flags_for(args, "by", "teacher_column", "group_by"))
+    ranking = RankingConfig(**{f.name: getattr(args, f.name) for f in fields(RankingConfig)})
+    options = dict(by=args.by, group_by=args.group_by, higher_is_better=args.higher_is_better)
+    budget = None
+    if args.until_confident is not None:
+        from .budget import rank_until_confident
+
+        wanted = args.by.split("@")[0]  # local_naturalness@4 is computed by the local metric
+        columns = {c for c in scoring.row_columns} | ({"casl"} if "casl" in scoring.metric_names else set())
+        if args.by not in columns:
+            raise LocalnatError(
+                f"--by {args.by}: the scoring options do not compute it (metrics: {scoring.metrics}). Add "
+                f"--metrics {wanted.replace('_naturalness', '')}."
+            )
+        if not 0 < args.until_confident <= 1:
+            raise LocalnatError(f"--until_confident {args.until_confident}: use a probability in (0, 1], e.g. 0.95.")
+        scorer = build_scorer(student, scoring)
+        out = Path(args.output)
+        budget = rank_until_confident(
+            ds, scorer, threshold=args.until_confident, block_prompts=args.block_prompts,
+            min_prompts=args.min_prompts, work_dir=out.with_name(f".{out.name}.partial"), ranking=ranking, **options,
+        )  # fmt: skip
+        table = budget.ranking
+        if args.scored_output:
+            write_rows(budget.scored, args.scored_output, overwrite=args.overwrite, inputs=[scored_path])
+    else:
+        table = rank_teachers(ds, **options, **ranking.to_dict())
+    print(format_ranking(table))
+    if budget is not None:
+        print(budget.summary())
     if args.output:
         out = check_output(args.output, "file", inputs=[scored_path], overwrite=args.overwrite)
-        from .data_io import atomic_file
-
         with atomic_file(out) as tmp:
             if out.suffix.lower() == ".csv":
                 table.to_csv(tmp, index=False)
             else:
                 table.to_json(tmp, orient="records", indent=2)
         print(f"Wrote the ranking of {len(table)} teachers -> {out}")
-    else:
-        print(format_ranking(table))
 
 
 def run_demo(args: DemoArguments, student: StudentArguments, scoring: ScoringConfig) -> None:
@@ -556,11 +640,20 @@ COMMANDS: dict[str, Command] = {
         "Scored rows (the output of score).",
     ),
     "rank-teachers": Command(
-        lambda: (RankTeachersArguments,),
+        lambda: (RankTeachersArguments, StudentArguments, ScoringConfig),
         run_rank_teachers,
-        "Rank teachers by a score column.",
+        "Rank teachers by a score column, with CIs and P(top) (or score a pool until the top is sure: "
+        "--until_confident).",
         "scored",
-        "Scored rows (the output of score).",
+        "Scored rows (the output of score); with --until_confident, the pool to score.",
+        defaults={"metrics": "local"},
+    ),
+    "grace": Command(
+        lambda: (GraceArguments, StudentArguments, _grace_config()),
+        run_grace,
+        "GRACE: rank teachers by the student's gradients on their responses (a backward pass per response).",
+        "pool",
+        "The pool: prompt, response, teacher and prompt-id columns (a file, a folder or a Hub dataset id).",
     ),
     "demo": Command(
         lambda: (DemoArguments, StudentArguments, ScoringConfig),
@@ -610,7 +703,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     argv = sys.argv[1:] if argv is None else list(argv)
     for name, command in COMMANDS.items():
-        if name == "train" and "train" not in argv:  # importing TRL costs seconds: only when training
+        if name == "train" and name not in argv:  # importing TRL costs seconds: only when training
             sub.add_parser(name, dataclass_types=[TrainArguments], help=command.help, description=command.help)
             continue
         types = list(command.arguments())

@@ -34,7 +34,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from . import __version__
 from .data_io import atomic_dir
 from .errors import LocalnatError
-from .metrics import METRIC_COLUMNS, ScoringConfig
+from .metrics import METRIC_COLUMNS, ScoringConfig, present_metric_columns
 from .outputs import check_output
 from .scorer import scoring_provenance
 from .selection import SelectionConfig, is_higher_better, rank_teachers
@@ -278,7 +278,7 @@ def build_selection_folder(
         {"teacher": markdown_text(teacher), "rows": rows, "share": rows / max(len(selected), 1)}
         for teacher, rows in Counter(teachers).most_common()
     ]
-    metrics = [c for c in METRIC_COLUMNS.values() if scored is not None and c in scored.column_names]
+    metrics = present_metric_columns(scored.column_names) if scored is not None else []
     rankings = []
     if scored is not None and teacher_column in scored.column_names and config.group_by in scored.column_names:
         for metric in metrics:
@@ -679,6 +679,7 @@ def push_student(
             saved_path = source / TRAINING_ARGS_FILE
             saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
             base = base_model or saved.get("base_model")
+            selection_repo = selection_repo or saved.get("selection_repo")  # recorded by `study` for each arm
             args = saved.get("training_args")
             history = _read_history(source)
         else:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -146,6 +147,39 @@ def parse_window(text: str | int | float) -> int | float:
         return float(text)
     except (TypeError, ValueError):
         raise LocalnatError(f"--window {text!r} is not a number. Use an int >= 1 or a float in (0, 1).") from None
+
+
+_LOCAL_AT = re.compile(r"^local_naturalness@(.+)$")  # local naturalness at one of several windows
+
+
+def present_metric_columns(columns: Sequence[str]) -> list[str]:
+    """The metric columns a dataset holds (compared by the report, ranked in cards): those of
+    :data:`METRIC_COLUMNS` present, in its order, with every ``local_naturalness@<k>`` column (one window of
+    several) in ``local_naturalness``'s place, by window.
+
+    Example:
+        >>> present_metric_columns(["rsr", "local_naturalness@4", "local_naturalness@1", "global_naturalness"])
+        ['global_naturalness', 'local_naturalness@1', 'local_naturalness@4', 'rsr']
+    """
+    present = set(columns)
+
+    def window(name: str) -> tuple[float, str]:
+        suffix = _LOCAL_AT.match(name).group(1)  # type: ignore[union-attr]
+        try:
+            return float(suffix), suffix
+        except ValueError:
+            return math.inf, suffix
+
+    windows = sorted((c for c in present if _LOCAL_AT.match(c)), key=window)
+    known = list(METRIC_COLUMNS.values())
+    out: list[str] = []
+    for column in known:
+        if column in present and column not in out:
+            out.append(column)
+        if column == METRIC_COLUMNS.get("local", "local_naturalness"):
+            out += [c for c in windows if c not in out]
+    return out + [c for c in windows if c not in out]
+
 
 
 def canonical_window(value: str | int | float | Sequence[int | float]) -> int | float | tuple[int | float, ...]:

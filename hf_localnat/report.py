@@ -4,15 +4,24 @@
 shows) into a new folder, atomically. Five sections, each present only when the columns it needs exist
 (otherwise the HTML and the JSON say it was skipped, and why):
 
-1. ``ranking``: teachers ranked by each metric (bootstrap 95% CIs), Kendall tau-b between the rankings
-   and against teacher accuracy (``correct``).
-2. ``length_bias``: Spearman correlation of each metric with ``num_response_tokens`` and ``num_steps``,
+1. ``ranking``: teachers ranked by each metric (bootstrap 95% CIs; rsr by the RSR authors' mean rank / mean
+   surprisal when the scorer wrote its parts), every teacher's P(top) under each metric (the bootstrap
+   probability that it ranks first), Kendall tau-b between the rankings and against teacher accuracy
+   (``correct``), each with a bootstrap CI over prompts.
+2. ``accuracy``: with ``correct``, each metric's row-level Kendall tau-b with correctness (bootstrap CI over
+   prompts) and its selection accuracy: the accuracy of its one-per-prompt pick against a random pick and
+   the oracle (:func:`hf_localnat.selection.selection_accuracy`).
+3. ``length_bias``: Spearman correlation of each metric with ``num_response_tokens`` and ``num_steps``,
    over all rows and within prompts.
-3. ``step_profile``: per-step local log-probs (``step_logprobs``) of a few rows; optionally their text
+4. ``step_profile``: per-step local log-probs (``step_logprobs``) of a few rows; optionally their text
    coloured by step score (``step_spans``).
-4. ``step_labels``: with a ProcessBench-style ``label`` (index of the first wrong step, -1 = all correct),
+5. ``step_labels``: with a ProcessBench-style ``label`` (index of the first wrong step, -1 = all correct),
    mean step scores before/at/after the first error and the AUROC of the negated step score.
-5. ``selection``: one response per prompt by each metric: teacher shares, accuracy, winner changes.
+6. ``selection``: one response per prompt by each metric: teacher shares, accuracy, winner changes.
+
+The metrics compared are every column of :data:`hf_localnat.metrics.METRIC_COLUMNS` present and every
+``local_naturalness@<k>`` column (:func:`~hf_localnat.metrics.present_metric_columns`); their directions come from
+:func:`hf_localnat.selection.is_higher_better`.
 
 Each section builder returns its entry of ``report.json`` and the names of its figures; the page is that JSON
 rendered by one Jinja template, ``model_cards/report.html.jinja``. The statistics live in
@@ -48,12 +57,35 @@ from tqdm.auto import tqdm
 from . import __version__
 from .data_io import FILE_FORMATS, atomic_dir, load_rows
 from .errors import LocalnatError
-from .metrics import METRIC_COLUMNS, ScoringConfig, with_fields_of
+from .metrics import METRIC_COLUMNS, ScoringConfig, present_metric_columns, with_fields_of
 from .outputs import check_output
-from .selection import SelectionConfig, is_higher_better, rank_teachers, select_responses
+from .selection import (
+    RSR_RANK_COLUMN,
+    RSR_SURPRISAL_COLUMN,
+    RankingConfig,
+    SelectionConfig,
+    TeacherPromptTable,
+    correct_values,
+    is_higher_better,
+    rank_teachers,
+    select_responses,
+    selection_accuracy,
+    teacher_prompt_means,
+)
 
 # The statistics moved to hf_localnat.statistics; `from hf_localnat.report import spearman` keeps working.
-from .statistics import MIN_ROWS_PER_GROUP, auroc, kendall_tau_b, spearman, within_group_spearman
+from .statistics import (
+    MIN_ROWS_PER_GROUP,
+    auroc,
+    binary_kendall_tau_b_ci,
+    bootstrap_counts,
+    kendall_tau_b,
+    kendall_tau_b_rows,
+    percentile_ci,
+    resampled_means,
+    spearman,
+    within_group_spearman,
+)
 from .statistics import average_ranks as average_ranks
 
 REPORT_HTML = "report.html"
@@ -61,6 +93,7 @@ REPORT_JSON = "report.json"
 REPORT_TEMPLATE = "report.html.jinja"  # in the model_cards package, beside the card templates
 SECTIONS = {
     "ranking": "Teacher ranking",
+    "accuracy": "Metrics against correctness",
     "length_bias": "Length bias",
     "step_profile": "Step profile",
     "step_labels": "Step labels",
@@ -70,6 +103,7 @@ RELATIVE_POSITIONS = tuple(range(-3, 4))  # steps around the first error shown i
 LENGTH_COLUMNS = {"num_response_tokens": "tokens", "num_steps": "steps"}
 MIN_ROWS_PER_PROMPT = MIN_ROWS_PER_GROUP  # within-prompt Spearman needs at least this many rows in a prompt
 _ROW_COLUMN = "__report_row__"
+CONFIDENCE = 0.95  # of every bootstrap CI in the report
 _SCORE_HINT = "score it with hf-localnat score INPUT --metrics global,local,rsr --return_steps --output SCORED"
 
 SectionData = tuple[dict[str, Any], list[str]]  # what a builder returns: its report.json entry, its figure files
@@ -85,18 +119,6 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
     out = np.full(len(values), np.nan, dtype=np.float64)
     for i, value in enumerate(values):
         if isinstance(value, bool | int | float | np.integer | np.floating):
-            out[i] = float(value)
-    return out
-
-
-def _correct_values(values: Sequence[Any]) -> np.ndarray:
-    """``correct`` as 1.0 / 0.0 / NaN (None or unreadable); accepts bools, 0/1 and "true"/"false" text."""
-    text = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
-    out = np.full(len(values), np.nan, dtype=np.float64)
-    for i, value in enumerate(values):
-        if isinstance(value, str):
-            out[i] = text.get(value.strip().lower(), np.nan)
-        elif isinstance(value, bool | int | float | np.integer | np.floating) and value in (0, 1):
             out[i] = float(value)
     return out
 
@@ -160,6 +182,7 @@ class _Context:
         html_steps: bool,
         n_boot: int,
         seed: int,
+        rsr_aggregate: str = RankingConfig.rsr_aggregate,
     ):
         self.ds = scored.with_format(None)
         self.folder = folder
@@ -170,9 +193,10 @@ class _Context:
         self.html_steps = html_steps
         self.n_boot = n_boot
         self.seed = seed
+        self.rsr_aggregate = rsr_aggregate
         self.columns = set(scored.column_names)
         self.n = len(scored)
-        self.metrics = [c for c in METRIC_COLUMNS.values() if c in self.columns]
+        self.metrics = present_metric_columns(scored.column_names)
         self.primary = "local_naturalness" if "local_naturalness" in self.metrics else (self.metrics or [None])[0]
         self._cache: dict[str, list] = {}
         self.saved: list[str] = []  # figure files written so far, so a skipped section's can be removed
@@ -186,7 +210,7 @@ class _Context:
         if self.has_teachers:
             self.teachers = [str(t) for t in self.column(teacher_column)]
             self.teacher_order = list(dict.fromkeys(self.teachers))  # first appearance
-        self.correct = _correct_values(self.column("correct")) if "correct" in self.columns else None
+        self.correct = correct_values(self.column("correct")) if "correct" in self.columns else None
 
     def column(self, name: str) -> list:
         if name not in self._cache:
@@ -198,7 +222,9 @@ class _Context:
 
     def slim(self) -> datasets.Dataset:
         """Only the columns ranking and selection read, plus the original row index."""
-        keep = [c for c in (self.group_by, self.teacher_column, *self.metrics) if c in self.columns]
+        extra = (RSR_RANK_COLUMN, RSR_SURPRISAL_COLUMN, "correct")  # rsr's parts for its ratio aggregate
+        keep = [c for c in (self.group_by, self.teacher_column, *self.metrics, *extra) if c in self.columns]
+        keep = list(dict.fromkeys(keep))
         return self.ds.select_columns(keep).add_column(_ROW_COLUMN, np.arange(self.n, dtype=np.int64))
 
     def save(self, figure: Figure, name: str) -> str:
@@ -263,6 +289,7 @@ def _section_ranking(ctx: _Context) -> SectionData:
                 group_by=ctx.group_by,
                 n_bootstrap=ctx.n_boot,
                 seed=ctx.seed,
+                rsr_aggregate=ctx.rsr_aggregate,
             )
         except LocalnatError as err:
             failed[metric] = str(err)
@@ -287,38 +314,124 @@ def _section_ranking(ctx: _Context) -> SectionData:
                     "num_prompts": int(row["num_prompts"]),
                     "win_rate": None if pd.isna(row["win_rate"]) else float(row["win_rate"]),
                     "num_common_prompts": int(row["num_common_prompts"]),
+                    "p_top": float(row["p_top"]),
                 }
             )
-        records[metric] = {"higher_is_better": is_higher_better(metric), "teachers": rows}
+        records[metric] = {
+            "higher_is_better": is_higher_better(metric),
+            "aggregate": table.attrs["aggregate"],
+            "teachers": rows,
+        }
+    p_top = {
+        teacher: {
+            m: next((r["p_top"] for r in records[m]["teachers"] if r["teacher"] == teacher), None) for m in records
+        }
+        for teacher in order
+    }
     accuracy = _teacher_accuracy(ctx) if ctx.correct is not None else None
 
     # Kendall tau-b on "goodness" (rsr negated), so every ranking reads best first.
     good = {m: {r["teacher"]: _goodness(m, r["mean"]) for r in records[m]["teachers"]} for m in records}
     if accuracy is not None:
         good["accuracy"] = {t: a["accuracy"] for t, a in accuracy.items() if a["accuracy"] is not None}
+    aggregates = {m: records[m]["aggregate"] for m in records}
+    intervals = _teacher_tau_cis(ctx, slim, aggregates, with_accuracy=accuracy is not None)
     taus = []
     for a, b in combinations(list(good), 2):
         common = [t for t in order if t in good[a] and t in good[b]]
         tau = kendall_tau_b([good[a][t] for t in common], [good[b][t] for t in common])
-        taus.append({"a": a, "b": b, "tau_b": tau, "num_teachers": len(common)})
+        low, high = intervals[(a, b)] if tau is not None else (None, None)
+        taus.append({"a": a, "b": b, "tau_b": tau, "ci_low": low, "ci_high": high, "num_teachers": len(common)})
     data = {
         "order": order,
         "num_shared_prompts": _num_shared_prompts(ctx),
         "primary_metric": primary,
         "metrics": records,
+        "p_top": p_top,
         "failed_metrics": failed,
         "accuracy": accuracy,
         "kendall_tau": taus,
         "n_boot": ctx.n_boot,
         "seed": ctx.seed,
+        "confidence": CONFIDENCE,
     }
     return data, [_ranking_figure(ctx, records, order)]
 
 
+def _teacher_tau_cis(
+    ctx: _Context, slim: datasets.Dataset, aggregates: dict[str, str], with_accuracy: bool
+) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    """Bootstrap CIs of the teacher-level Kendall tau-b of every pair of rankings (and teacher accuracy).
+
+    One paired resample of the report's prompts (:func:`~hf_localnat.statistics.bootstrap_counts` with the
+    report's seed) is shared by every metric and by accuracy; in each, every teacher's score is recomputed
+    from its teacher-prompt means over the resampled prompts (for rsr with its aggregate: mean rank / mean
+    surprisal), its accuracy is the mean of ``correct`` over its rows in them, and tau-b is taken over the
+    teachers both rankings have.
+    """
+    teacher_index = {t: i for i, t in enumerate(ctx.teacher_order)}
+    prompt_index = {key: i for i, key in enumerate(ctx.group_keys)}
+    shape = (len(ctx.group_keys), len(ctx.teacher_order))
+    sources: dict[str, tuple[np.ndarray, np.ndarray | None, bool]] = {}
+    for metric, aggregate in aggregates.items():
+        rsr_aggregate = aggregate if aggregate != "mean" else ctx.rsr_aggregate  # rank_teachers' choice: no 2nd warning
+        means: TeacherPromptTable = teacher_prompt_means(
+            slim, metric, ctx.teacher_column, ctx.group_by, rsr_aggregate=rsr_aggregate
+        )
+        # A prompt key that does not look itself up (a NaN) has no valid row in the table: it stays NaN.
+        found = [i for i, key in enumerate(means.prompts) if key in prompt_index]
+        rows = [prompt_index[means.prompts[i]] for i in found]
+        columns = [teacher_index[str(t)] for t in means.teachers]
+        aligned = []
+        for part in (means.numerator, means.denominator):
+            if part is None:
+                aligned.append(None)
+                continue
+            full = np.full(shape, np.nan)
+            full[np.ix_(rows, columns)] = part[found]
+            aligned.append(full)
+        sources[metric] = (aligned[0], aligned[1], is_higher_better(metric))
+    if with_accuracy:
+        teacher_codes = np.array([teacher_index[t] for t in ctx.teachers], dtype=np.int64)
+        cell = ctx.group_codes * shape[1] + teacher_codes
+        known = np.isfinite(ctx.correct)
+        size = shape[0] * shape[1]
+        right = np.bincount(cell[known], weights=ctx.correct[known], minlength=size).reshape(shape)
+        rows_known = np.bincount(cell[known], minlength=size).reshape(shape).astype(np.float64)
+        right[rows_known == 0] = np.nan
+        rows_known[rows_known == 0] = np.nan
+        sources["accuracy"] = (right, rows_known, True)
+    resampled: dict[str, list[np.ndarray]] = {name: [] for name in sources}
+    for counts in bootstrap_counts(shape[0], ctx.n_boot, ctx.seed):
+        for name, (numerator, denominator, higher) in sources.items():
+            stats = resampled_means(counts, numerator, denominator)
+            resampled[name].append(stats if higher else -stats)
+    stacked = {name: np.concatenate(parts) for name, parts in resampled.items()}
+    return {
+        (a, b): percentile_ci(kendall_tau_b_rows(stacked[a], stacked[b]), CONFIDENCE)
+        for a, b in combinations(list(sources), 2)
+    }
+
+
+def _panels(count: int, width: float, height: float, sharey: bool = False) -> tuple[Figure, list]:
+    """A figure with ``count`` panels, at most 4 a row (a report may compare a dozen metrics)."""
+    columns = min(count, 4)
+    rows = math.ceil(count / columns)
+    fig = Figure(figsize=(width * columns + 1.2, height * rows))
+    axes = list(fig.subplots(rows, columns, sharey=sharey, squeeze=False).ravel())
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes[:count]
+
+
+def _metric_ticks(ax: Any, metrics: list[str]) -> None:
+    """Metric names under bars, slanted when there are many of them."""
+    slanted = len(metrics) > 4
+    ax.set_xticklabels(metrics, rotation=30 if slanted else 0, ha="right" if slanted else "center")
+
+
 def _ranking_figure(ctx: _Context, records: dict[str, dict], order: list[str]) -> str:
-    k = len(records)
-    fig = Figure(figsize=(3.6 * k + 1.2, 0.42 * len(order) + 1.6))
-    axes = fig.subplots(1, k, sharey=True, squeeze=False)[0]
+    fig, axes = _panels(len(records), 3.6, 0.42 * len(order) + 1.6, sharey=True)
     y_of = {t: len(order) - 1 - i for i, t in enumerate(order)}  # best at the top
     for ax, (metric, record) in zip(axes, records.items(), strict=True):
         rows = record["teachers"]
@@ -334,11 +447,105 @@ def _ranking_figure(ctx: _Context, records: dict[str, dict], order: list[str]) -
             fontsize=10,
         )
         ax.grid(axis="x", alpha=0.3)
-        ax.set_xlabel("mean over prompts (95% CI)")
+        ratio = record.get("aggregate") == "ratio_of_means"
+        ax.set_xlabel("mean rank / mean surprisal (95% CI)" if ratio else "mean over prompts (95% CI)")
     axes[0].set_yticks(range(len(order)))
     axes[0].set_yticklabels(list(reversed(order)))
     fig.tight_layout()
     return ctx.save(fig, "ranking.png")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Metrics against correctness
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _section_accuracy(ctx: _Context) -> SectionData:
+    if ctx.correct is None:
+        raise _Skip("no correct column (true/false per row): nothing to hold the metrics against.")
+    if not ctx.metrics:
+        raise _Skip(f"no metric column ({', '.join(METRIC_COLUMNS.values())}); {_SCORE_HINT}.")
+    if not np.isfinite(ctx.correct).any():
+        raise _Skip("the correct column has no known (true/false) value.")
+    groups = ctx.group_codes if ctx.has_groups else None
+    row_tau: dict[str, dict[str, Any]] = {}
+    for metric in ctx.metrics:
+        score = ctx.floats(metric)
+        good = score if is_higher_better(metric) else -score
+        valid = np.isfinite(good) & np.isfinite(ctx.correct)
+        tau = kendall_tau_b(good[valid], ctx.correct[valid])
+        low, high = (None, None)
+        if tau is not None:
+            low, high = binary_kendall_tau_b_ci(good, ctx.correct, groups, ctx.n_boot, CONFIDENCE, ctx.seed)
+        row_tau[metric] = {
+            "higher_is_better": is_higher_better(metric),
+            "tau_b": tau,
+            "ci_low": low,
+            "ci_high": high,
+            "num_rows": int(valid.sum()),
+            "num_prompts": int(np.unique(groups[valid]).size) if groups is not None else None,
+        }
+    chosen: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    if ctx.has_groups:
+        slim = ctx.slim()
+        for metric in ctx.metrics:
+            try:
+                chosen[metric] = selection_accuracy(
+                    slim,
+                    by=metric,
+                    correct_column="correct",
+                    group_by=ctx.group_by,
+                    n_bootstrap=ctx.n_boot,
+                    confidence=CONFIDENCE,
+                    seed=ctx.seed,
+                )
+            except LocalnatError as err:
+                failed[metric] = str(err)
+    data = {
+        "row_tau": row_tau,
+        "selection_accuracy": chosen,
+        "failed_metrics": failed,
+        "grouped": ctx.has_groups,
+        "n_boot": ctx.n_boot,
+        "seed": ctx.seed,
+        "confidence": CONFIDENCE,
+    }
+    return data, [_accuracy_figure(ctx, row_tau, chosen)]
+
+
+def _accuracy_figure(ctx: _Context, row_tau: dict[str, dict], chosen: dict[str, dict]) -> str:
+    metrics = list(row_tau)
+    fig = Figure(figsize=(11.0 if chosen else 5.5, 0.38 * len(metrics) + 1.6))
+    axes = fig.subplots(1, 2 if chosen else 1, squeeze=False, sharey=True)[0]
+    y = np.arange(len(metrics))[::-1]
+
+    def bars(ax: Any, entries: list[dict], key: str, colour: str, label: str | None = None) -> None:
+        point = np.array([np.nan if e.get(key) is None else e[key] for e in entries], dtype=np.float64)
+        low = np.array([np.nan if e.get("ci_low") is None else e["ci_low"] for e in entries], dtype=np.float64)
+        high = np.array([np.nan if e.get("ci_high") is None else e["ci_high"] for e in entries], dtype=np.float64)
+        err = np.nan_to_num(np.clip(np.vstack([point - low, high - point]), 0, None))
+        ax.errorbar(point, y, xerr=err, fmt="o", capsize=3, color=colour, label=label)
+
+    bars(axes[0], [row_tau[m] for m in metrics], "tau_b", "#1f77b4")
+    axes[0].axvline(0, color="black", linewidth=0.8)
+    axes[0].set_xlabel("Kendall \u03c4-b with correct, rows (95% CI)")
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(metrics)
+    axes[0].grid(axis="x", alpha=0.3)
+    if chosen:
+        ax = axes[1]
+        entries = [chosen.get(m, {}) for m in metrics]
+        bars(ax, entries, "accuracy", "#2ca02c", "pick by the metric (95% CI)")
+        for key, marker, colour in (("random", "x", "#7f7f7f"), ("oracle", "|", "#d62728")):
+            values = [np.nan if e.get(key) is None else e[key] for e in entries]
+            ax.scatter(values, y, marker=marker, s=60, color=colour, label=f"{key} pick", zorder=3)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("accuracy of one pick per prompt")
+        ax.legend(fontsize=8, loc="lower left")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return ctx.save(fig, "accuracy.png")
 
 
 def _need_groups_and_teachers(ctx: _Context) -> None:
@@ -357,7 +564,7 @@ def _num_shared_prompts(ctx: _Context) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 2. Length bias
+# 3. Length bias
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -398,9 +605,7 @@ def _section_length_bias(ctx: _Context) -> SectionData:
 
 def _length_scatter(ctx: _Context, lengths: list[str], values: dict[str, np.ndarray]) -> str:
     column = lengths[0]  # tokens when present
-    k = len(ctx.metrics)
-    fig = Figure(figsize=(3.8 * k + 0.6, 3.4))
-    axes = fig.subplots(1, k, squeeze=False)[0]
+    fig, axes = _panels(len(ctx.metrics), 3.8, 3.4)
     x_all = values[column]
     for ax, metric in zip(axes, ctx.metrics, strict=True):
         y = ctx.floats(metric)
@@ -433,7 +638,7 @@ def _length_bars(ctx: _Context, lengths: list[str], correlations: dict) -> str:
         ax.bar(x, [np.nan if h is None else h for h in heights], width=width, label=label)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(metrics)))
-    ax.set_xticklabels(metrics)
+    _metric_ticks(ax, metrics)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("Spearman \u03c1 with length")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -443,7 +648,7 @@ def _length_bars(ctx: _Context, lengths: list[str], correlations: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 3. Step profile
+# 4. Step profile
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -583,7 +788,7 @@ def _coloured_steps(ctx: _Context, shown: list[dict]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 4. Step labels (ProcessBench)
+# 5. Step labels (ProcessBench)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -717,7 +922,7 @@ def _section_step_labels(ctx: _Context) -> SectionData:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 5. Selection summary
+# 6. Selection summary
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -776,7 +981,7 @@ def _section_selection(ctx: _Context) -> SectionData:
         ax.bar(range(len(per_metric)), share, bottom=bottom, label=teacher, color=colours(i % colours.N))
         bottom += share
     ax.set_xticks(range(len(per_metric)))
-    ax.set_xticklabels(list(per_metric))
+    _metric_ticks(ax, list(per_metric))
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of the selected responses")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -790,6 +995,7 @@ def _section_selection(ctx: _Context) -> SectionData:
 
 _SECTION_BUILDERS = {
     "ranking": _section_ranking,
+    "accuracy": _section_accuracy,
     "length_bias": _section_length_bias,
     "step_profile": _section_step_profile,
     "step_labels": _section_step_labels,
@@ -880,6 +1086,7 @@ def _render_page(ctx: _Context, report: dict[str, Any], source: str | None, prov
         scorer_json=json.dumps((provenance or {}).get("scorer"), indent=1, sort_keys=True),
         report_json=REPORT_JSON,
         length_labels=LENGTH_COLUMNS,
+        section_titles=SECTIONS,
     )
 
 
@@ -907,6 +1114,7 @@ def build_report(
     html_steps: bool = False,
     n_boot: int = 1000,
     seed: int = 0,
+    rsr_aggregate: str = RankingConfig.rsr_aggregate,
     progress: bool = True,
     overwrite: bool = False,
     source: str | None = None,
@@ -926,8 +1134,10 @@ def build_report(
         rows: row indices for the step profile; default: the best and worst row by local score of the prompt
             where they differ most.
         html_steps: also show those responses with each step coloured by its score.
-        n_boot: bootstrap resamples for the teacher CIs.
+        n_boot: bootstrap resamples of prompts, for every CI and P(top).
         seed: seed of the bootstrap.
+        rsr_aggregate: a teacher's rsr, ``ratio_of_means`` (the RSR authors' mean rank / mean surprisal) or
+            ``mean_of_ratios`` (see :func:`hf_localnat.selection.rank_teachers`).
         progress: show a progress bar over the sections.
         overwrite: replace an earlier report in ``output_dir``.
         source: where ``scored`` came from, shown in the header.
@@ -944,10 +1154,13 @@ def build_report(
 
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise LocalnatError(f"n_boot={n_boot!r}: use a whole number of bootstrap resamples >= 1 (e.g. 1000).")
+    RankingConfig(rsr_aggregate=rsr_aggregate)  # a wrong aggregate fails before any work
     output = check_output_dir(output_dir, overwrite)
     chosen_rows = _validate_rows(rows, len(scored))
     with atomic_dir(output) as tmp:
-        ctx = _Context(scored, tmp, group_by, teacher_column, response_column, chosen_rows, html_steps, n_boot, seed)
+        ctx = _Context(
+            scored, tmp, group_by, teacher_column, response_column, chosen_rows, html_steps, n_boot, seed, rsr_aggregate
+        )
         sections: list[_Section] = []
         bar = tqdm(SECTIONS, desc="Report", unit="section", disable=not progress)
         for key in bar:
@@ -984,6 +1197,7 @@ def build_report(
 @dataclass
 @with_fields_of(SelectionConfig, only=("group_by",))
 @with_fields_of(ScoringConfig, only=("response_column",))
+@with_fields_of(RankingConfig, only=("rsr_aggregate",))
 class ReportArguments:
     """``hf-localnat report SCORED --output DIR``: an HTML report on scored rows, with figures and a JSON."""
 
@@ -999,9 +1213,7 @@ class ReportArguments:
         metadata={"help": "Rows for the step profile, comma-separated indices (default: best and worst of a prompt)."},
     )
     html_steps: bool = field(default=False, metadata={"help": "Also show those responses coloured by step score."})
-    n_boot: int = field(
-        default=1000, metadata={"help": "Bootstrap resamples for the teachers' confidence intervals."}
-    )
+    n_boot: int = field(default=1000, metadata={"help": "Bootstrap resamples of prompts, for every CI and P(top)."})
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an earlier report in the output folder."})
 
@@ -1027,7 +1239,7 @@ def parse_rows(text: str | Sequence[int] | None) -> list[int] | None:
 
 def _validate_columns(ds: datasets.Dataset, source: str, args: ReportArguments, rows: list[int] | None) -> None:
     columns = ", ".join(ds.column_names)
-    if not any(c in ds.column_names for c in METRIC_COLUMNS.values()):
+    if not present_metric_columns(ds.column_names):
         raise LocalnatError(
             f"{source}: no metric column ({', '.join(METRIC_COLUMNS.values())}) found (columns: {columns}). "
             f"Score it first: hf-localnat score {source} --metrics global,local,rsr --return_steps --output SCORED."
@@ -1072,6 +1284,7 @@ def run_report(args: ReportArguments, scored_path: str | None = None) -> Path:
     if not args.output:
         raise LocalnatError("report needs --output DIR (a new folder for report.html, its figures and report.json).")
     rows = parse_rows(args.rows)
+    RankingConfig(rsr_aggregate=args.rsr_aggregate)
     check_output_dir(args.output, args.overwrite, inputs=[args.scored])  # before loading: fail fast
     ds = load_rows(source)
     _validate_columns(ds, str(source), args, rows)
@@ -1087,6 +1300,7 @@ def run_report(args: ReportArguments, scored_path: str | None = None) -> Path:
         html_steps=args.html_steps,
         n_boot=args.n_boot,
         seed=args.seed,
+        rsr_aggregate=args.rsr_aggregate,
         overwrite=args.overwrite,
         source=str(source),
     )

@@ -3,8 +3,11 @@
 - :func:`select_responses`: the best ``k`` responses per group (prompt) by a score column, after an optional
   row filter (``where``). Unscorable rows (score ``None``/NaN) are never selected; groups left without any
   valid score are reported (a logged warning and :class:`SelectionReport`), not silently dropped.
-- :func:`rank_teachers`: one row per teacher with its mean score over prompts, a bootstrap confidence
-  interval and its win rate on the prompts every teacher answered; :func:`format_ranking` prints it.
+- :func:`rank_teachers`: one row per teacher with its score over prompts (for ``rsr``, the RSR authors' mean
+  rank / mean surprisal), a bootstrap confidence interval, its win rate on the prompts every teacher answered
+  and its P(top), the bootstrap probability that it ranks first; :func:`format_ranking` prints it.
+- :func:`selection_accuracy`: the accuracy of a metric's one-per-prompt pick, against a random pick and the
+  oracle.
 - :func:`compile_where`: a safe evaluator for filter strings such as ``"correct == True and num_steps >= 3"``.
 
 Naturalness scores are mean log-probs (higher is better); ``rsr`` is lower-is-better
@@ -29,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LocalnatError
-from .statistics import bootstrap_mean_ci
+from .statistics import RATIO_FLOOR, best_shares, bootstrap_mean_ci, bootstrap_ratio_ci, p_top
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +46,17 @@ RANKING_COLUMNS = [
     "num_prompts",
     "win_rate",
     "num_common_prompts",
+    "p_top",
 ]
 
 # Substrings of metric names whose direction is known. A name matching both lists is ambiguous.
-_HIGHER_IS_BETTER = ("naturalness", "logprob", "log_prob", "logp", "lalp", "grape", "likelihood", "aslec")
-_LOWER_IS_BETTER = ("rsr", "surprisal", "perplexity", "ppl", "nll", "loss", "neg_log", "negative_log")
+# local_naturalness@4 (a window of 4) is a naturalness; casl (ASLEC's length-corrected score) is higher-is-better;
+# so is ifd (instruction-following difficulty): Cherry LLM keeps the highest (data_by_IFD.py keeps the top of the
+# ascending sort, after dropping IFD > 1). entropy is lower-is-better (our convention: the student is surer).
+_HIGHER_IS_BETTER = (
+    "naturalness", "logprob", "log_prob", "logp", "lalp", "grape", "likelihood", "aslec", "casl", "ifd",
+)  # fmt: skip
+_LOWER_IS_BETTER = ("rsr", "surprisal", "perplexity", "ppl", "nll", "loss", "neg_log", "negative_log", "entropy")
 _NUMERIC_DTYPE_PREFIXES = ("int", "uint", "float", "double", "half", "decimal", "null")
 _MAX_LISTED_KEYS = 5
 
@@ -60,13 +69,16 @@ _MAX_LISTED_KEYS = 5
 def is_higher_better(metric: str) -> bool:
     """Whether a higher value of ``metric`` is better, from its name.
 
-    Naturalness, ``aslec_drop`` and other log-prob-like scores are higher-is-better; ``rsr``, surprisal,
-    perplexity, NLL and loss are lower-is-better. Any other name raises :class:`LocalnatError`: pass
-    ``higher_is_better``.
+    Naturalness (also ``local_naturalness@k``, one window of several), ``aslec_drop``, ``casl``, ``ifd``
+    (instruction-following difficulty: Cherry LLM selects the highest) and other log-prob-like scores are
+    higher-is-better; ``rsr``, ``entropy``, surprisal, perplexity, NLL and loss are lower-is-better. Any other
+    name raises :class:`LocalnatError`: pass ``higher_is_better``.
 
     Example:
         >>> is_higher_better("local_naturalness"), is_higher_better("rsr")
         (True, False)
+        >>> [is_higher_better(m) for m in ("local_naturalness@4", "casl", "ifd", "entropy")]
+        [True, True, True, False]
     """
     name = str(metric).lower()
     higher = any(part in name for part in _HIGHER_IS_BETTER)
@@ -706,58 +718,233 @@ def _selection_config(config: SelectionConfig | str | None, options: dict[str, A
 # Teacher ranking
 # ----------------------------------------------------------------------------------------------------------
 
+RSR_COLUMN = "rsr"
+# Per-row parts of rsr the scorer writes beside it: the mean over response tokens of min(rank, 100), and of -log p.
+RSR_RANK_COLUMN = "rsr_mean_rank"
+RSR_SURPRISAL_COLUMN = "rsr_mean_surprisal"
+RSR_AGGREGATES = ("ratio_of_means", "mean_of_ratios")
+RSR_AGGREGATE_HELP = (
+    "A teacher's rsr: ratio_of_means (the RSR authors': its mean rank over its mean surprisal, from the "
+    "rsr_mean_rank and rsr_mean_surprisal columns) or mean_of_ratios (the mean of its per-row rsr)."
+)
 
-def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values``, resampled with replacement (scipy.stats.bootstrap)."""
-    return bootstrap_mean_ci(values, n_bootstrap, confidence, seed)
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """The options of :func:`rank_teachers` beyond the score column, the prompt column and the direction
+    (those are :class:`SelectionConfig`'s ``by``, ``group_by`` and ``higher_is_better``).
+
+    Values are checked when the config is made; ``rank_teachers(ds, by=..., **config.to_dict())`` applies it.
+
+    Example:
+        >>> RankingConfig(rsr_aggregate="mean_of_ratios").to_dict()["rsr_aggregate"]
+        'mean_of_ratios'
+        >>> RankingConfig(n_bootstrap=0)
+        Traceback (most recent call last):
+        ...
+        hf_localnat.errors.LocalnatError: n_bootstrap=0: use an int >= 1 (e.g. 1000).
+    """
+
+    teacher_column: str = field(default="teacher", metadata={"help": "Column naming the teacher."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of prompts, for the CIs and P(top)."})
+    confidence: float = field(default=0.95, metadata={"help": "Level of the bootstrap confidence intervals."})
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap (CIs and P(top))."})
+    rsr_aggregate: str = field(default="ratio_of_means", metadata={"help": RSR_AGGREGATE_HELP})
+
+    def __post_init__(self) -> None:
+        n = self.n_bootstrap
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise LocalnatError(f"n_bootstrap={n!r}: use an int >= 1 (e.g. 1000).")
+        object.__setattr__(self, "n_bootstrap", int(n))
+        if isinstance(self.confidence, bool) or not isinstance(self.confidence, int | float | np.floating):
+            raise LocalnatError(f"confidence={self.confidence!r}: use a number in (0, 1), e.g. 0.95.")
+        if not 0.0 < self.confidence < 1.0:
+            raise LocalnatError(f"confidence={self.confidence!r}: use a number in (0, 1), e.g. 0.95.")
+        object.__setattr__(self, "confidence", float(self.confidence))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int | np.integer) or self.seed < 0:
+            raise LocalnatError(f"seed={self.seed!r}: use an int >= 0.")
+        object.__setattr__(self, "seed", int(self.seed))
+        if self.rsr_aggregate not in RSR_AGGREGATES:
+            raise LocalnatError(f"rsr_aggregate={self.rsr_aggregate!r}: use one of {', '.join(RSR_AGGREGATES)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict: the keyword arguments of :func:`rank_teachers` they stand for."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class TeacherPromptTable:
+    """Teacher-prompt means as prompts x teachers arrays (NaN where a teacher has no valid row for a prompt).
+
+    ``numerator`` holds the means of the score column; with the RSR authors' aggregate (``aggregate`` is
+    ``"ratio_of_means"``) it holds the means of ``rsr_mean_rank`` and ``denominator`` those of
+    ``rsr_mean_surprisal``, and a teacher's score over prompts is ``sum(numerator) / sum(denominator)``.
+    Rows follow ``prompts`` and columns ``teachers`` (keys in order of first appearance, every prompt and
+    teacher of the dataset, answered or not).
+
+    Example:
+        >>> table = TeacherPromptTable(np.array([[4.0, 2.0], [6.0, np.nan]]), np.array([[2.0, 1.0], [1.0, np.nan]]),
+        ...                            ["p1", "p2"], ["a", "b"], "ratio_of_means")
+        >>> table.score(0), table.score(1), table.per_prompt().tolist()  # a: (4 + 6) / (2 + 1)
+        (3.3333333333333335, 2.0, [[2.0, 2.0], [6.0, nan]])
+    """
+
+    numerator: np.ndarray
+    denominator: np.ndarray | None
+    prompts: list
+    teachers: list
+    aggregate: str  # "mean", "ratio_of_means" or "mean_of_ratios"
+
+    def per_prompt(self) -> np.ndarray:
+        """Each teacher's score on each prompt alone: the mean, or the ratio of the two means."""
+        if self.denominator is None:
+            return self.numerator
+        return self.numerator / np.maximum(self.denominator, RATIO_FLOOR)
+
+    def column(self, teacher: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """One teacher's teacher-prompt means over the prompts it answered (and the denominator's), in row order."""
+        present = ~np.isnan(self.numerator[:, teacher])
+        below = None if self.denominator is None else self.denominator[present, teacher]
+        return self.numerator[present, teacher], below
+
+    def score(self, teacher: int) -> float:
+        """One teacher's score over its prompts: the mean, or sum(numerator) / sum(denominator) (the denominator
+        floored at 1e-12, as rsr_cal.py floors it); NaN for a teacher without any prompt."""
+        above, below = self.column(teacher)
+        if above.size == 0:
+            return math.nan
+        if below is None:
+            return float(above.mean())
+        return float(above.sum() / max(float(below.sum()), RATIO_FLOOR))
+
+
+def _rsr_aggregate(dataset: datasets.Dataset, by: str, rsr_aggregate: str) -> str:
+    """The teacher aggregate ``by`` gets: ``mean`` unless it is rsr; for rsr the one asked for when it can be."""
+    if by != RSR_COLUMN:
+        return "mean"
+    if rsr_aggregate == "ratio_of_means":
+        missing = [c for c in (RSR_RANK_COLUMN, RSR_SURPRISAL_COLUMN) if c not in dataset.column_names]
+        if missing:
+            logger.warning(
+                "rsr: no %s column, so each teacher's rsr is the mean of its per-row ratios, not the RSR "
+                "authors' mean rank / mean surprisal; re-score with --metrics rsr for their aggregate.",
+                " or ".join(missing),
+            )
+            return "mean_of_ratios"
+    return rsr_aggregate
+
+
+def teacher_prompt_means(
+    dataset: datasets.Dataset,
+    by: str = SelectionConfig.by,
+    teacher_column: str = RankingConfig.teacher_column,
+    group_by: str = SelectionConfig.group_by,
+    rsr_aggregate: str = RankingConfig.rsr_aggregate,
+) -> TeacherPromptTable:
+    """The teacher-prompt means :func:`rank_teachers` ranks from, as a :class:`TeacherPromptTable`.
+
+    Rows with a None/NaN score (and, for the ratio aggregate, a None/NaN ``rsr_mean_rank`` or
+    ``rsr_mean_surprisal``) or without a prompt are left out; a teacher's repeated answers to a prompt are
+    averaged (for rsr, the rank and the surprisal separately).
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1", "p1", "p2"], "teacher": ["a", "a", "b", "a"],
+        ...                                  "local_naturalness": [-1.0, -2.0, -0.5, None]})
+        >>> table = teacher_prompt_means(ds)
+        >>> table.prompts, table.teachers, table.numerator.tolist()
+        (['p1', 'p2'], ['a', 'b'], [[-1.5, -0.5], [nan, nan]])
+    """
+    if rsr_aggregate not in RSR_AGGREGATES:
+        raise LocalnatError(f"rsr_aggregate={rsr_aggregate!r}: use one of {', '.join(RSR_AGGREGATES)}.")
+    _require_columns(dataset, {by: "by", teacher_column: "teacher_column", group_by: "group_by"})
+    aggregate = _rsr_aggregate(dataset, by, rsr_aggregate)
+    scores = _scores(dataset, by)
+    teacher_codes, teachers = group_codes(_column(dataset, teacher_column), teacher_column)
+    prompt_keys = _column(dataset, group_by)
+    prompt_codes, prompts = group_codes(prompt_keys, group_by)
+    valid = ~np.isnan(scores) & ~_without_group(prompt_keys, group_by, "ranking")
+    if aggregate == "ratio_of_means":
+        parts = {"numerator": _scores(dataset, RSR_RANK_COLUMN), "denominator": _scores(dataset, RSR_SURPRISAL_COLUMN)}
+        for part in parts.values():
+            valid &= ~np.isnan(part)
+    else:
+        parts = {"numerator": scores}
+    frame = pd.DataFrame(
+        {"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], **{k: v[valid] for k, v in parts.items()}}
+    )
+    means = frame.groupby(["teacher", "prompt"], sort=True)[list(parts)].mean()
+    tables = {
+        name: means[name].unstack("teacher").reindex(index=range(len(prompts)), columns=range(len(teachers)))
+        for name in parts
+    }
+    return TeacherPromptTable(
+        numerator=tables["numerator"].to_numpy(dtype=np.float64),
+        denominator=tables["denominator"].to_numpy(dtype=np.float64) if "denominator" in tables else None,
+        prompts=prompts,
+        teachers=teachers,
+        aggregate=aggregate,
+    )
 
 
 def rank_teachers(
     dataset: datasets.Dataset,
     by: str = SelectionConfig.by,
-    teacher_column: str = "teacher",
+    teacher_column: str = RankingConfig.teacher_column,
     group_by: str = SelectionConfig.group_by,
     higher_is_better: bool | None = None,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    n_bootstrap: int = RankingConfig.n_bootstrap,
+    confidence: float = RankingConfig.confidence,
+    seed: int = RankingConfig.seed,
+    rsr_aggregate: str = RankingConfig.rsr_aggregate,
 ) -> pd.DataFrame:
-    """Rank teachers by their mean score over prompts, best first.
+    """Rank teachers by their score over prompts, best first, with bootstrap CIs and P(top).
 
     Rows with a None/NaN score are ignored; a teacher's repeated answers to one prompt are first averaged
-    (teacher-prompt mean). Per teacher: ``mean`` over its prompts of those means; ``ci_low``/``ci_high``, a
-    percentile bootstrap CI (``n_bootstrap`` resamples of its prompt means, ``numpy.random.default_rng(seed)``
-    fresh for each teacher, so a teacher's CI does not depend on the others); ``num_prompts``; ``win_rate``,
-    the share of the ``num_common_prompts`` prompts answered by every ranked teacher on which it has the
-    best teacher-prompt mean (ties split evenly; NaN when there is no common prompt). Teachers without any
-    valid score are left out, with a warning. ``rank`` 1 is best; equal means are ordered by teacher name.
-    ``table.attrs`` holds ``by``, ``higher_is_better`` and ``confidence`` (used by :func:`format_ranking`).
+    (teacher-prompt mean). Per teacher:
+
+    - ``mean``: its score, the mean over its prompts of those means. For ``by="rsr"`` the default
+      ``rsr_aggregate="ratio_of_means"`` is the RSR authors' teacher score (github.com/UmeanNever/RankSurprisalRatio,
+      ``rsr_cal.py`` ``compute_sample_metrics``, since commit 7e4fe0c): the mean over its prompts of the
+      per-prompt mean of ``rsr_mean_rank`` (each row's mean capped rank) divided by the mean over its prompts
+      of the per-prompt mean of ``rsr_mean_surprisal`` (each row's mean -log p), the denominator floored at
+      1e-12 as theirs is; a ratio of means, neither the mean of the per-row ratios nor token-pooled. With one
+      answer per prompt it is exactly theirs; repeated answers are averaged per prompt first, as for every
+      metric. ``rsr_aggregate="mean_of_ratios"`` is the mean of the per-row ``rsr`` instead, and it is what a
+      pool without those two columns gets (with a one-line warning). The option is ignored for other metrics.
+    - ``ci_low``/``ci_high``: a percentile bootstrap CI (``n_bootstrap`` resamples of its own prompts,
+      ``numpy.random.default_rng(seed)`` fresh for each teacher, so a teacher's CI does not depend on the
+      others; for the ratio both means are resampled together and the ratio recomputed).
+    - ``num_prompts``.
+    - ``win_rate``: the share of the ``num_common_prompts`` prompts answered by every ranked teacher on which it
+      has the best teacher-prompt score (for the ratio, that prompt's mean rank / mean surprisal; ties split
+      evenly; NaN when there is no common prompt).
+    - ``p_top``: the share of ``n_bootstrap`` paired resamples of the prompts (one draw of prompt indices shared
+      by all teachers, :func:`hf_localnat.statistics.p_top` with ``default_rng(seed)``) in which its score over
+      the resampled prompts it answered is the best, ties split evenly. The shares sum to 1.
+
+    Teachers without any valid score are left out, with a warning. ``rank`` 1 is best; equal scores are ordered
+    by teacher name. ``table.attrs`` holds ``by``, ``higher_is_better``, ``confidence``, ``aggregate``
+    (``mean``, ``ratio_of_means`` or ``mean_of_ratios``), ``n_bootstrap`` and ``seed`` (used by
+    :func:`format_ranking`). The result is a pure function of the rows and options: the same seed gives the
+    same table.
 
     Example:
         >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1", "p2", "p2"], "teacher": ["a", "b"] * 2,
-        ...                                  "rsr": [2.0, 3.0, 2.5, 2.0]})
+        ...                                  "rsr": [2.0, 3.0, 2.5, 2.0], "rsr_mean_rank": [4.0, 6.0, 5.0, 3.0],
+        ...                                  "rsr_mean_surprisal": [2.0, 2.0, 2.0, 1.5]})
         >>> table = rank_teachers(ds, by="rsr", n_bootstrap=100)
-        >>> table[["rank", "teacher", "mean", "win_rate"]].values.tolist()
-        [[1, 'a', 2.25, 0.5], [2, 'b', 2.5, 0.5]]
+        >>> table[["rank", "teacher", "mean", "win_rate"]].values.tolist()  # a: 9 / 4; b: 9 / 3.5
+        [[1, 'a', 2.25, 0.5], [2, 'b', 2.5714285714285716, 0.5]]
+        >>> table.attrs["aggregate"], float(table["p_top"].sum())
+        ('ratio_of_means', 1.0)
     """
+    options = RankingConfig(teacher_column, n_bootstrap, confidence, seed, rsr_aggregate)
     _require_columns(dataset, {by: "by", teacher_column: "teacher_column", group_by: "group_by"})
     higher = _check_direction(higher_is_better, by)
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
-        raise LocalnatError(f"n_bootstrap={n_bootstrap!r}: use an int >= 1 (e.g. 1000).")
-    if not isinstance(confidence, int | float) or not 0.0 < confidence < 1.0:
-        raise LocalnatError(f"confidence={confidence!r}: use a number in (0, 1), e.g. 0.95.")
-
-    scores = _scores(dataset, by)
-    teacher_codes, teachers = group_codes(_column(dataset, teacher_column), teacher_column)
-    prompt_keys = _column(dataset, group_by)
-    prompt_codes, _ = group_codes(prompt_keys, group_by)
-    valid = ~np.isnan(scores) & ~_without_group(prompt_keys, group_by, "ranking")
-    frame = pd.DataFrame({"teacher": teacher_codes[valid], "prompt": prompt_codes[valid], "score": scores[valid]})
-    means = frame.groupby(["teacher", "prompt"], sort=True)["score"].mean()  # teacher-prompt means
-
-    scored_codes = set(means.index.get_level_values("teacher").tolist())
-    ranked_codes = sorted(scored_codes)
-    unscored = [teacher for code, teacher in enumerate(teachers) if code not in scored_codes]
+    means = teacher_prompt_means(dataset, by, teacher_column, group_by, options.rsr_aggregate)
+    answered = ~np.isnan(means.numerator)
+    ranked = np.flatnonzero(answered.any(axis=0))
+    unscored = [teacher for code, teacher in enumerate(means.teachers) if not answered[:, code].any()]
     if unscored:
         logger.warning(
             "%d teacher(s) have no valid %r score and are left out of the ranking: %s",
@@ -765,39 +952,62 @@ def rank_teachers(
             by,
             _preview(unscored),
         )
-    if not ranked_codes:
+    if not ranked.size:
         raise LocalnatError(f"by={by!r}: no row has a valid (non-None, non-NaN) score; nothing to rank.")
 
-    table = means.unstack("teacher")  # prompts x teachers, NaN where a teacher did not answer
-    common = table[table.notna().all(axis=1)]
-    if len(common):
-        best = common.max(axis=1) if higher else common.min(axis=1)
-        is_best = common.eq(best, axis=0)
-        wins = is_best.div(is_best.sum(axis=1), axis=0).sum(axis=0) / len(common)
-    else:
-        wins = pd.Series(np.nan, index=table.columns)
+    prompts = np.flatnonzero(answered[:, ranked].any(axis=1))
+    numerator = means.numerator[np.ix_(prompts, ranked)]
+    denominator = None if means.denominator is None else means.denominator[np.ix_(prompts, ranked)]
+    table = TeacherPromptTable(
+        numerator,
+        denominator,
+        [means.prompts[p] for p in prompts],
+        [means.teachers[c] for c in ranked],
+        means.aggregate,
+    )
+    per_prompt = table.per_prompt()
+    common = per_prompt[~np.isnan(per_prompt).any(axis=1)]
+    wins = best_shares(common, higher).mean(axis=0) if len(common) else np.full(ranked.size, np.nan)
+    tops = p_top(numerator, higher, options.n_bootstrap, options.seed, denominator=denominator)
 
     records = []
-    for code in ranked_codes:
-        values = table[code].dropna().to_numpy(dtype=np.float64)
-        low, high = _bootstrap_ci(values, int(n_bootstrap), float(confidence), seed)
+    for column, teacher in enumerate(table.teachers):
+        values, below = table.column(column)
+        if below is None:
+            low, high = bootstrap_mean_ci(values, options.n_bootstrap, options.confidence, options.seed)
+        else:
+            low, high = bootstrap_ratio_ci(values, below, options.n_bootstrap, options.confidence, options.seed)
         records.append(
             {
-                "teacher": teachers[code],
-                "mean": float(values.mean()),
+                "teacher": teacher,
+                "mean": table.score(column),
                 "ci_low": low,
                 "ci_high": high,
-                "num_prompts": len(values),
-                "win_rate": float(wins[code]),
+                "num_prompts": int(values.size),
+                "win_rate": float(wins[column]),
                 "num_common_prompts": len(common),
+                "p_top": float(tops[column]),
             }
         )
     records.sort(key=lambda r: (-r["mean"] if higher else r["mean"], str(r["teacher"])))
     for rank, record in enumerate(records, start=1):
         record["rank"] = rank
     result = pd.DataFrame(records, columns=RANKING_COLUMNS)
-    result.attrs.update(by=by, higher_is_better=higher, confidence=float(confidence))
+    result.attrs.update(
+        by=by,
+        higher_is_better=higher,
+        confidence=options.confidence,
+        aggregate=means.aggregate,
+        n_bootstrap=options.n_bootstrap,
+        seed=options.seed,
+    )
     return result
+
+
+_AGGREGATE_NOTES = {
+    "ratio_of_means": "score: mean rank / mean surprisal over prompts, the RSR authors' teacher score",
+    "mean_of_ratios": "score: mean over prompts of the per-row rsr",
+}
 
 
 def format_ranking(table: pd.DataFrame) -> str:
@@ -805,27 +1015,34 @@ def format_ranking(table: pd.DataFrame) -> str:
 
     Example:
         >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1"], "teacher": ["a", "b"],
-        ...                                  "rsr": [2.0, 3.0]})
-        >>> print(format_ranking(rank_teachers(ds, by="rsr", n_bootstrap=10)))
-        Teachers ranked by rsr (lower is better); 95% bootstrap CI over prompts.
-        rank  teacher    mean  95% CI            prompts  win rate
-        ----  -------  ------  ----------------  -------  --------
-           1  a        +2.000  [+2.000, +2.000]        1    100.0%
-           2  b        +3.000  [+3.000, +3.000]        1      0.0%
+        ...                                  "local_naturalness": [-2.0, -3.0]})
+        >>> print(format_ranking(rank_teachers(ds, n_bootstrap=10)))
+        Teachers ranked by local_naturalness (higher is better); 95% bootstrap CI over prompts.
+        rank  teacher    mean  95% CI            prompts  win rate  P(top)
+        ----  -------  ------  ----------------  -------  --------  ------
+           1  a        -2.000  [-2.000, -2.000]        1    100.0%  100.0%
+           2  b        -3.000  [-3.000, -3.000]        1      0.0%    0.0%
         Win rate: share of the 1 prompt(s) answered by every teacher where it scores best.
+        P(top): share of 10 paired bootstrap resamples of the prompts in which it ranks first.
     """
     by = table.attrs.get("by", "score")
     level = f"{table.attrs.get('confidence', 0.95) * 100:g}%"
+    note = _AGGREGATE_NOTES.get(table.attrs.get("aggregate", "mean"))
     lines = []
     if "higher_is_better" in table.attrs:
         direction = "higher" if table.attrs["higher_is_better"] else "lower"
-        lines.append(f"Teachers ranked by {by} ({direction} is better); {level} bootstrap CI over prompts.")
+        explained = f"; {note}" if note else ""
+        lines.append(f"Teachers ranked by {by} ({direction} is better{explained}); {level} bootstrap CI over prompts.")
     if table.empty:
         return "\n".join(lines + ["(no teacher to rank)"])
 
     def number(value: float) -> str:
         return "n/a" if pd.isna(value) else f"{value:+.3f}"
 
+    def share(value: float) -> str:
+        return "n/a" if pd.isna(value) else f"{value:.1%}"
+
+    has_p_top = "p_top" in table.columns
     names = [str(t) for t in table["teacher"]]
     cells = [
         (
@@ -834,11 +1051,13 @@ def format_ranking(table: pd.DataFrame) -> str:
             number(row["mean"]),
             f"[{number(row['ci_low'])}, {number(row['ci_high'])}]",
             str(row["num_prompts"]),
-            "n/a" if pd.isna(row["win_rate"]) else f"{row['win_rate']:.1%}",
+            share(row["win_rate"]),
+            *([share(row["p_top"])] if has_p_top else []),
         )
         for name, (_, row) in zip(names, table.iterrows(), strict=True)
     ]
-    header = ("rank", "teacher", "mean", f"{level} CI", "prompts", "win rate")
+    header = ("rank", "teacher", "mean" if note is None else "score", f"{level} CI", "prompts", "win rate")
+    header += ("P(top)",) if has_p_top else ()
     widths = [max(len(header[i]), *(len(c[i]) for c in cells)) for i in range(len(header))]
     left = {1, 3}  # text columns are left-aligned, numbers right-aligned
 
@@ -855,4 +1074,102 @@ def format_ranking(table: pd.DataFrame) -> str:
         if common
         else "Win rate: n/a (no prompt was answered by every teacher)."
     )
+    if has_p_top:
+        resamples = table.attrs.get("n_bootstrap")
+        counted = f"{resamples} " if resamples else ""
+        lines.append(f"P(top): share of {counted}paired bootstrap resamples of the prompts in which it ranks first.")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Selection accuracy
+# ----------------------------------------------------------------------------------------------------------
+
+_CORRECT_TEXT = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
+
+
+def correct_values(values: Sequence[Any]) -> np.ndarray:
+    """A ``correct`` column as 1.0 / 0.0 / NaN (None or unreadable); accepts bools, 0/1 and "true"/"false" text.
+
+    Example:
+        >>> correct_values([True, 0, "False", None, "maybe", 2]).tolist()
+        [1.0, 0.0, 0.0, nan, nan, nan]
+    """
+    out = np.full(len(values), np.nan, dtype=np.float64)
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            out[i] = _CORRECT_TEXT.get(value.strip().lower(), np.nan)
+        elif isinstance(value, bool | int | float | np.integer | np.floating | np.bool_) and value in (0, 1):
+            out[i] = float(value)
+    return out
+
+
+def selection_accuracy(
+    dataset: datasets.Dataset,
+    by: str = SelectionConfig.by,
+    correct_column: str = "correct",
+    group_by: str = SelectionConfig.group_by,
+    higher_is_better: bool | None = None,
+    n_bootstrap: int = RankingConfig.n_bootstrap,
+    confidence: float = RankingConfig.confidence,
+    seed: int = RankingConfig.seed,
+) -> dict[str, Any]:
+    """The accuracy of picking one response per prompt by ``by``, against a random pick and against the oracle.
+
+    The candidates are the rows with a prompt, a valid (non-None, non-NaN) score and a known correctness
+    (:func:`correct_values`); ``num_prompts`` counts the prompts with at least one, and every number is over
+    those same prompts:
+
+    - ``accuracy``: the share of them whose pick is correct, the pick being :func:`top_k_per_group` with ``k=1``
+      (the core of :func:`select_responses`: the best score, equal scores to the earlier row);
+    - ``random``: the expected accuracy of a uniform random pick per prompt, exactly: the mean over prompts of
+      the share of correct candidates;
+    - ``oracle``: the share of prompts with at least one correct candidate;
+    - ``ci_low``/``ci_high``: the percentile bootstrap CI of ``accuracy`` (``n_bootstrap`` resamples of the
+      prompts, :func:`hf_localnat.statistics.bootstrap_mean_ci` with ``seed``);
+    - ``gain_ci_low``/``gain_ci_high``: the CI of ``accuracy - random`` from the same resamples (paired per
+      prompt), so an interval above 0 says the metric picks better than chance;
+    - ``num_rows``: the candidates.
+
+    Raises :class:`LocalnatError` when no row is a candidate.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"prompt_id": ["p1", "p1", "p2", "p2", "p2"],
+        ...                                  "local_naturalness": [-1.0, -2.0, -0.5, -0.7, -0.9],
+        ...                                  "correct": [True, False, False, True, True]})
+        >>> result = selection_accuracy(ds, by="local_naturalness", n_bootstrap=200)
+        >>> result["accuracy"], round(result["random"], 4), result["oracle"], result["num_prompts"]
+        (0.5, 0.5833, 1.0, 2)
+    """
+    options = RankingConfig(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    _require_columns(dataset, {by: "by", correct_column: "correct_column", group_by: "group_by"})
+    higher = _check_direction(higher_is_better, by)
+    scores = _scores(dataset, by)
+    correct = correct_values(_column(dataset, correct_column))
+    keys = _column(dataset, group_by)
+    codes, _ = group_codes(keys, group_by)
+    eligible = ~np.isnan(scores) & ~np.isnan(correct) & ~_without_group(keys, group_by, "selection accuracy")
+    if not eligible.any():
+        raise LocalnatError(
+            f"selection_accuracy(by={by!r}): no row has both a valid score and a known {correct_column!r}."
+        )
+    rows, _ = top_k_per_group(scores, codes, eligible, k=1, higher_is_better=higher)  # one per prompt, by code
+    prompts = np.unique(codes[eligible])  # the same prompts, in the same order
+    dense = np.searchsorted(prompts, codes[eligible])
+    candidates = np.bincount(dense, minlength=prompts.size)
+    right = np.bincount(dense, weights=correct[eligible], minlength=prompts.size)
+    picked = correct[rows]
+    share = right / candidates
+    low, high = bootstrap_mean_ci(picked, options.n_bootstrap, options.confidence, options.seed)
+    gain_low, gain_high = bootstrap_mean_ci(picked - share, options.n_bootstrap, options.confidence, options.seed)
+    return {
+        "accuracy": float(picked.mean()),
+        "random": float(share.mean()),
+        "oracle": float((right > 0).mean()),
+        "num_prompts": int(prompts.size),
+        "num_rows": int(eligible.sum()),
+        "ci_low": low,
+        "ci_high": high,
+        "gain_ci_low": gain_low,
+        "gain_ci_high": gain_high,
+    }

@@ -31,7 +31,7 @@ from hf_localnat.cli import COMMANDS, main
 from hf_localnat.errors import LocalnatError
 
 INPUT_COLUMNS = ["prompt_id", "prompt", "teacher", "response", "correct"]
-FLOAT_COLUMNS = ["global_naturalness", "local_naturalness", "rsr"]
+FLOAT_COLUMNS = ["global_naturalness", "local_naturalness", "rsr", "rsr_mean_rank", "rsr_mean_surprisal"]
 SCORE_COLUMNS = [*FLOAT_COLUMNS, "num_response_tokens", "num_steps", "step_spans", "step_logprobs"]
 SCORE_ARGS = ["--metrics", "global,local,rsr", "--window", "2", "--return-steps"]
 TOL = 1e-6

@@ -254,7 +254,7 @@ def test_report_files_and_images(full_report):
     folder, report, page = full_report
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".png")) == [REPORT_HTML, REPORT_JSON]
     status = {key: s["status"] for key, s in report["sections"].items()}
-    assert status == dict.fromkeys(["ranking", "length_bias", "step_profile", "selection"], "ok") | {
+    assert status == dict.fromkeys(["ranking", "accuracy", "length_bias", "step_profile", "selection"], "ok") | {
         "step_labels": "skipped"  # the pool has no step labels
     }
     assert_images_ok(folder, page, report)
@@ -295,6 +295,8 @@ def test_ranking_numbers(full_report):
         assert record["ci_low"] <= record["mean"] <= record["ci_high"]
     accuracy = {t: (a["accuracy"], a["num_known"]) for t, a in ranking["accuracy"].items()}
     assert accuracy == {"a": (1.0, 6), "b": (0.5, 4), "c": (0.5, 6)}
+    for t in ranking["kendall_tau"]:  # every teacher-level tau has its bootstrap CI
+        assert -1.0 <= t["ci_low"] <= t["ci_high"] <= 1.0
     taus = {(t["a"], t["b"]): t["tau_b"] for t in ranking["kendall_tau"]}
     tie = 2 / math.sqrt(6)  # a > b = c in accuracy: 2 concordant pairs, one tie
     assert taus == {
@@ -306,6 +308,177 @@ def test_ranking_numbers(full_report):
         ("rsr", "accuracy"): pytest.approx(tie),
     }
     assert "+0.816" in page and "-0.550" in page
+
+
+def ref_tau_b(x: list[float], y: list[float]) -> float | None:
+    """Kendall's tau-b by counting pairs (None when undefined)."""
+    concordant = discordant = tied_x = tied_y = 0
+    n = len(x)
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            tied_x += dx == 0
+            tied_y += dy == 0
+            concordant += dx * dy > 0
+            discordant += dx * dy < 0
+    total = n * (n - 1) // 2
+    if n < 2 or tied_x == total or tied_y == total:
+        return None
+    return (concordant - discordant) / math.sqrt((total - tied_x) * (total - tied_y))
+
+
+def prompt_draws(n_prompts: int, seed: int = 0) -> np.ndarray:
+    """The report's resamples of its prompts (one chunk at these sizes): default_rng(seed).integers."""
+    return np.random.default_rng(seed).integers(0, n_prompts, size=(N_BOOT, n_prompts))
+
+
+def interval(samples: list[float]) -> tuple[float, float]:
+    low, high = np.percentile(np.array(samples), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def test_ranking_p_top_and_tau_ci_against_loops(full_report):
+    _, report, page = full_report
+    ranking = report["sections"]["ranking"]
+    wins = dict.fromkeys(TEACHERS, 0.0)
+    for drawn in prompt_draws(6):  # P(top) by local: every teacher answered every prompt
+        means = {t: sum(LOCAL[p][i] for p in drawn) / 6 for i, t in enumerate(TEACHERS)}
+        best = max(means.values())
+        winners = [t for t, v in means.items() if abs(v - best) <= 1e-12]
+        for t in winners:
+            wins[t] += 1 / len(winners)
+    assert {t: ranking["p_top"][t]["local_naturalness"] for t in TEACHERS} == pytest.approx(
+        {t: w / N_BOOT for t, w in wins.items()}
+    )
+    for metric in ranking["metrics"]:
+        assert sum(ranking["p_top"][t][metric] for t in TEACHERS) == pytest.approx(1.0)
+        assert {r["teacher"]: r["p_top"] for r in ranking["metrics"][metric]["teachers"]} == {
+            t: ranking["p_top"][t][metric] for t in TEACHERS
+        }
+    assert "P(top)" in page
+
+    # Teacher-level tau of the rsr ranking (negated: lower is better) with teacher accuracy, prompts resampled.
+    taus = []
+    for drawn in prompt_draws(6):
+        good, accuracy = [], []
+        for i in range(3):
+            known = [CORRECT[p][i] for p in drawn if CORRECT[p][i] is not None]
+            if known:
+                good.append(-sum(RSR[p][i] for p in drawn) / 6)
+                accuracy.append(sum(known) / len(known))
+        tau = ref_tau_b(good, accuracy)
+        if tau is not None:
+            taus.append(tau)
+    entry = next(t for t in ranking["kendall_tau"] if (t["a"], t["b"]) == ("rsr", "accuracy"))
+    assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(interval(taus))
+
+
+def test_accuracy_section_numbers(full_report):
+    _, report, page = full_report
+    section = report["sections"]["accuracy"]
+    scores = {"global_naturalness": GLOBAL, "local_naturalness": LOCAL, "rsr": [[-v for v in row] for row in RSR]}
+    assert list(section["row_tau"]) == list(scores)
+    for metric, table in scores.items():  # oriented: rsr negated
+        cells = [(p, t) for p in range(6) for t in range(3) if CORRECT[p][t] is not None]
+        entry = section["row_tau"][metric]
+        want = ref_tau_b([table[p][t] for p, t in cells], [float(CORRECT[p][t]) for p, t in cells])
+        assert entry["tau_b"] == pytest.approx(want) and (entry["num_rows"], entry["num_prompts"]) == (16, 6)
+        taus = []
+        for drawn in prompt_draws(6):  # every row of a drawn prompt comes along
+            rows = [(p, t) for p in drawn for t in range(3) if CORRECT[p][t] is not None]
+            tau = ref_tau_b([table[p][t] for p, t in rows], [float(CORRECT[p][t]) for p, t in rows])
+            if tau is not None:
+                taus.append(tau)
+        assert (entry["ci_low"], entry["ci_high"]) == pytest.approx(interval(taus))
+
+        picks, shares, anys = [], [], []  # one pick per prompt among the rows with a known correct
+        for p in range(6):
+            known = [t for t in range(3) if CORRECT[p][t] is not None]
+            best = max(known, key=lambda t: (table[p][t], -t))
+            picks.append(float(CORRECT[p][best]))
+            shares.append(sum(CORRECT[p][t] for t in known) / len(known))
+            anys.append(float(any(CORRECT[p][t] for t in known)))
+        chosen = section["selection_accuracy"][metric]
+        assert (chosen["accuracy"], chosen["random"], chosen["oracle"]) == pytest.approx(
+            (sum(picks) / 6, sum(shares) / 6, sum(anys) / 6)
+        )
+        assert (chosen["num_prompts"], chosen["num_rows"]) == (6, 16)
+        draws = prompt_draws(6)
+        assert (chosen["ci_low"], chosen["ci_high"]) == pytest.approx(
+            interval([sum(picks[i] for i in drawn) / 6 for drawn in draws])
+        )
+        assert (chosen["gain_ci_low"], chosen["gain_ci_high"]) == pytest.approx(
+            interval([sum(picks[i] - shares[i] for i in drawn) / 6 for drawn in draws])
+        )
+    assert section["selection_accuracy"]["local_naturalness"]["accuracy"] == 1.0  # local picks a correct one each time
+    assert "Selection accuracy" in page and "gain over random" in page
+
+
+def test_every_metric_family_is_compared(pool, tmp_path, monkeypatch):
+    from hf_localnat import metrics
+
+    if "casl" not in metrics.METRIC_COLUMNS.values():
+        monkeypatch.setitem(metrics.METRIC_COLUMNS, "casl", "casl")
+    rows = pool_rows()
+    surprisal = {}
+    for i, row in enumerate(rows):
+        p, t = divmod(i, 3)
+        surprisal[p, t] = 1.0 + 0.3 * ((p + 2 * t) % 4)
+        row["rsr_mean_surprisal"] = surprisal[p, t]
+        row["rsr_mean_rank"] = RSR[p][t] * surprisal[p, t]  # rsr = rank / surprisal per row, as the scorer writes
+        row["local_naturalness@2"] = GLOBAL[p][t]
+        row["local_naturalness@8"] = LOCAL[p][t] - 0.1
+        row["casl"] = -RSR[p][t]  # higher is better: the same order as rsr
+    out = tmp_path / "report"
+    path = build_report(datasets.Dataset.from_list(rows), out, n_boot=N_BOOT, progress=False)
+    report, page = json.loads((out / REPORT_JSON).read_text()), path.read_text()
+    metrics_present = [
+        "global_naturalness", "local_naturalness", "local_naturalness@2", "local_naturalness@8", "rsr", "casl",
+    ]  # fmt: skip
+    assert report["metrics"] == metrics_present
+    sections = report["sections"]
+    assert all(s["status"] == "ok" for k, s in sections.items() if k != "step_labels")
+    ranking = sections["ranking"]
+    assert list(ranking["metrics"]) == metrics_present
+    assert ranking["metrics"]["casl"]["higher_is_better"] is True
+    assert ranking["metrics"]["local_naturalness@2"]["higher_is_better"] is True
+    # rsr: the RSR authors' teacher score, mean rank / mean surprisal, not the mean of the per-row ratios.
+    assert ranking["metrics"]["rsr"]["aggregate"] == "ratio_of_means"
+    want = {
+        t: sum(RSR[p][i] * surprisal[p, i] for p in range(6)) / sum(surprisal[p, i] for p in range(6))
+        for i, t in enumerate(TEACHERS)
+    }
+    assert {r["teacher"]: r["mean"] for r in ranking["metrics"]["rsr"]["teachers"]} == pytest.approx(want)
+    assert want["a"] != pytest.approx(8.1 / 6)  # the mean of the ratios differs
+    assert [r["teacher"] for r in ranking["metrics"]["local_naturalness@8"]["teachers"]] == ["a", "b", "c"]
+    assert [r["teacher"] for r in ranking["metrics"]["casl"]["teachers"]] == ["a", "b", "c"]  # -rsr per row
+    for metric in metrics_present:
+        assert sum(ranking["p_top"][t][metric] for t in TEACHERS) == pytest.approx(1.0)
+        assert metric in sections["accuracy"]["row_tau"] and metric in sections["accuracy"]["selection_accuracy"]
+        assert metric in sections["length_bias"]["correlations"] and metric in sections["selection"]["metrics"]
+    pairs = {(t["a"], t["b"]) for t in ranking["kendall_tau"]}
+    assert ("local_naturalness@2", "casl") in pairs and ("casl", "accuracy") in pairs
+    same = next(t for t in ranking["kendall_tau"] if (t["a"], t["b"]) == ("global_naturalness", "local_naturalness@2"))
+    assert same["tau_b"] == pytest.approx(1.0) and same["ci_low"] == pytest.approx(1.0)  # the same values
+    assert sections["accuracy"]["row_tau"]["local_naturalness@2"]["tau_b"] == pytest.approx(
+        sections["accuracy"]["row_tau"]["global_naturalness"]["tau_b"]  # the same values
+    )
+    for name in ("rsr_mean_rank", "rsr_mean_surprisal"):
+        assert name not in report["metrics"]
+    assert "local_naturalness@2" in page and "casl" in page and "mean rank (capped at 100)" in page
+    assert_images_ok(out, page, report)
+
+    # The other aggregate, asked for: the mean over prompts of the per-row ratios.
+    other = tmp_path / "other"
+    build_report(datasets.Dataset.from_list(rows), other, n_boot=N_BOOT, progress=False, rsr_aggregate="mean_of_ratios")
+    ranking = json.loads((other / REPORT_JSON).read_text())["sections"]["ranking"]
+    assert ranking["metrics"]["rsr"]["aggregate"] == "mean_of_ratios"
+    assert {r["teacher"]: r["mean"] for r in ranking["metrics"]["rsr"]["teachers"]} == pytest.approx(
+        {t: sum(RSR[p][i] for p in range(6)) / 6 for i, t in enumerate(TEACHERS)}
+    )
+    with pytest.raises(LocalnatError, match="rsr_aggregate"):
+        build_report(datasets.Dataset.from_list(rows), tmp_path / "bad", progress=False, rsr_aggregate="pooled")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_length_bias_numbers(full_report, pool):
@@ -404,6 +577,7 @@ def test_missing_step_columns_skip_cleanly(pool, tmp_path):
     status = {k: s["status"] for k, s in report["sections"].items()}
     assert status == {
         "ranking": "ok",
+        "accuracy": "skipped",  # no correct column
         "length_bias": "ok",
         "step_profile": "skipped",
         "step_labels": "skipped",
@@ -411,7 +585,8 @@ def test_missing_step_columns_skip_cleanly(pool, tmp_path):
     }
     assert "step_logprobs" in report["sections"]["step_profile"]["reason"]
     assert "label" in report["sections"]["step_labels"]["reason"]
-    assert page.count("Skipped: ") == 2 and "--return_steps" in page
+    assert page.count("Skipped: ") == 3 and "--return_steps" in page
+    assert "no correct column" in report["sections"]["accuracy"]["reason"]
     assert report["sections"]["ranking"]["accuracy"] is None
     assert all(t["b"] != "accuracy" for t in report["sections"]["ranking"]["kendall_tau"])
     assert_images_ok(tmp_path / "r", page, report)
@@ -490,7 +665,7 @@ def test_run_report(pool, tmp_path, capsys):
     assert [r["row"] for r in report["sections"]["step_profile"]["rows"]] == [1, 4]
     assert report["input"] == str(scored)
     out = capsys.readouterr().out
-    assert "Wrote the report (4 of 5 sections; skipped: step_labels" in out and str(path) in out
+    assert "Wrote the report (5 of 6 sections; skipped: step_labels" in out and str(path) in out
 
     bare = tmp_path / "bare.jsonl"
     pool.select_columns(["prompt_id", "teacher", "response"]).to_json(str(bare))

@@ -11,12 +11,16 @@ import pytest
 
 from hf_localnat.errors import LocalnatError
 from hf_localnat.selection import (
+    RankingConfig,
     SelectionReport,
     compile_where,
+    correct_values,
     format_ranking,
     is_higher_better,
     rank_teachers,
     select_responses,
+    selection_accuracy,
+    teacher_prompt_means,
 )
 
 
@@ -50,6 +54,12 @@ def test_is_higher_better_known_names():
     assert is_higher_better("mean_logprob") is True
     assert is_higher_better("rsr") is False
     assert is_higher_better("perplexity") is False
+    assert is_higher_better("aslec_drop") is True
+    for k in (1, 2, 4, 8):
+        assert is_higher_better(f"local_naturalness@{k}") is True
+    assert is_higher_better("casl") is True
+    assert is_higher_better("ifd") is True  # Cherry LLM keeps the highest IFD (after dropping IFD > 1)
+    assert is_higher_better("entropy") is False
 
 
 @pytest.mark.parametrize("name", ["accuracy", "neg_logprob"])
@@ -71,9 +81,12 @@ def test_top1_by_naturalness_is_highest(scored):
 def test_top2_by_naturalness_order_groups_then_rank(scored):
     out = select_responses(scored, by="local_naturalness", k=2)
     assert pairs(out) == [
-        ("p1", "b", 1), ("p1", "c", 2),
-        ("p2", "a", 1), ("p2", "b", 2),
-        ("p3", "c", 1), ("p3", "a", 2),
+        ("p1", "b", 1),
+        ("p1", "c", 2),
+        ("p2", "a", 1),
+        ("p2", "b", 2),
+        ("p3", "c", 1),
+        ("p3", "a", 2),
     ]
 
 
@@ -193,8 +206,17 @@ def test_compile_where_directly():
 
 @pytest.mark.parametrize(
     "where",
-    ["len(teacher) > 1", "rsr + 1 > 2", "__import__('os').system('true')", "teacher.upper() == 'A'",
-     "teacher in [rsr]", "x if y else z", "lambda: 1", "teacher = 'a'", "teacher =="],
+    [
+        "len(teacher) > 1",
+        "rsr + 1 > 2",
+        "__import__('os').system('true')",
+        "teacher.upper() == 'A'",
+        "teacher in [rsr]",
+        "x if y else z",
+        "lambda: 1",
+        "teacher = 'a'",
+        "teacher ==",
+    ],
 )
 def test_bad_where_is_a_user_error(scored, where):
     with pytest.raises(LocalnatError, match=r"--where .*(unsupported expr|cannot parse).*correct == True"):
@@ -232,8 +254,7 @@ def test_group_without_valid_score_is_reported(caplog):
     assert report.num_groups == 3  # p3 has no row passing the filter: not a group here
     assert report.num_groups_selected == 2
     assert report.num_rows_selected == 2
-    warnings = [r for r in caplog.records
-                if r.name == "hf_localnat.selection" and r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "hf_localnat.selection" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1
     assert "1 group(s)" in warnings[0].getMessage() and "'p2'" in warnings[0].getMessage()
     summary = report.summary()
@@ -249,9 +270,10 @@ def test_no_warning_when_every_group_is_scored(scored, caplog):
 
 
 def test_all_scores_missing_gives_empty_typed_output(caplog):
-    ds = datasets.Dataset.from_dict({"prompt_id": ["p", "q"], "rsr": [None, None]},
-                                    features=datasets.Features({"prompt_id": datasets.Value("string"),
-                                                                "rsr": datasets.Value("float64")}))
+    ds = datasets.Dataset.from_dict(
+        {"prompt_id": ["p", "q"], "rsr": [None, None]},
+        features=datasets.Features({"prompt_id": datasets.Value("string"), "rsr": datasets.Value("float64")}),
+    )
     with caplog.at_level(logging.WARNING, logger="hf_localnat.selection"):
         out, report = select_responses(ds, by="rsr", return_report=True)
     assert len(out) == 0
@@ -298,7 +320,15 @@ def teachers() -> datasets.Dataset:
 def test_rank_teachers_means_win_rates_and_columns(teachers):
     table = rank_teachers(teachers, by="local_naturalness", n_bootstrap=200)
     assert list(table.columns) == [
-        "rank", "teacher", "mean", "ci_low", "ci_high", "num_prompts", "win_rate", "num_common_prompts",
+        "rank",
+        "teacher",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "num_prompts",
+        "win_rate",
+        "num_common_prompts",
+        "p_top",
     ]
     rows = table.set_index("teacher")
     # a: p1 mean(-1, -3) = -2, p2 -1, p3 -1.5 -> -1.5; b: -1, -2, -1.5 -> -1.5; c: -0.5, -3 -> -1.75
@@ -342,8 +372,11 @@ def test_rank_teachers_ci_brackets_mean_and_shrinks_with_more_prompts():
     def dataset(num_prompts: int) -> datasets.Dataset:
         scores = rng.normal(-1.0, 0.5, size=num_prompts).tolist()
         return datasets.Dataset.from_dict(
-            {"prompt_id": [f"p{i}" for i in range(num_prompts)], "teacher": ["a"] * num_prompts,
-             "local_naturalness": scores}
+            {
+                "prompt_id": [f"p{i}" for i in range(num_prompts)],
+                "teacher": ["a"] * num_prompts,
+                "local_naturalness": scores,
+            }
         )
 
     few, many = dataset(10), dataset(400)
@@ -359,8 +392,11 @@ def test_rank_teachers_ci_brackets_mean_and_shrinks_with_more_prompts():
 def test_rank_teachers_is_deterministic_given_the_seed():
     rng = np.random.default_rng(0)
     ds = datasets.Dataset.from_dict(
-        {"prompt_id": [f"p{i}" for i in range(30) for _ in range(2)], "teacher": ["a", "b"] * 30,
-         "local_naturalness": rng.normal(-1.0, 0.5, size=60).tolist()}
+        {
+            "prompt_id": [f"p{i}" for i in range(30) for _ in range(2)],
+            "teacher": ["a", "b"] * 30,
+            "local_naturalness": rng.normal(-1.0, 0.5, size=60).tolist(),
+        }
     )
     first = rank_teachers(ds, n_bootstrap=300, seed=7)
     again = rank_teachers(ds, n_bootstrap=300, seed=7)
@@ -378,8 +414,11 @@ def test_rank_teachers_single_prompt_ci_is_the_point():
 
 def test_rank_teachers_teacher_without_scores_is_warned_and_left_out(caplog):
     ds = datasets.Dataset.from_dict(
-        {"prompt_id": ["p1", "p1", "p2", "p2"], "teacher": ["a", "z", "a", "z"],
-         "local_naturalness": [-1.0, None, -2.0, None]}
+        {
+            "prompt_id": ["p1", "p1", "p2", "p2"],
+            "teacher": ["a", "z", "a", "z"],
+            "local_naturalness": [-1.0, None, -2.0, None],
+        }
     )
     with caplog.at_level(logging.WARNING, logger="hf_localnat.selection"):
         table = rank_teachers(ds, n_bootstrap=10)
@@ -411,3 +450,219 @@ def test_format_ranking_lists_every_teacher(teachers):
     assert "rsr" in lines[0] and "lower is better" in lines[0]
     assert "2 prompt(s)" in text
     assert len({len(line) for line in lines[1:6]}) == 1  # header, rule and the three rows line up
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RSR at teacher level (the RSR authors' ratio of means) and P(top)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rsr_pool() -> datasets.Dataset:
+    """a answers p1 twice; b answers p2 twice and has a p3 row whose rank and surprisal are missing."""
+    rows = [  # prompt, teacher, mean capped rank, mean surprisal
+        ("p1", "a", 4.0, 2.0),
+        ("p1", "a", 6.0, 4.0),
+        ("p2", "a", 3.0, 1.5),
+        ("p3", "a", 8.0, 2.0),
+        ("p1", "b", 2.0, 1.0),
+        ("p2", "b", 9.0, 3.0),
+        ("p2", "b", 3.0, 1.0),
+        ("p3", "b", None, None),
+    ]
+    return datasets.Dataset.from_dict(
+        {
+            "prompt_id": [r[0] for r in rows],
+            "teacher": [r[1] for r in rows],
+            "rsr": [1.0 if r[2] is None else r[2] / r[3] for r in rows],  # the p3 row of b: rsr 1.0, no parts
+            "rsr_mean_rank": [r[2] for r in rows],
+            "rsr_mean_surprisal": [r[3] for r in rows],
+        }
+    )
+
+
+def test_rsr_ratio_of_means_by_hand(rsr_pool):
+    table = rank_teachers(rsr_pool, by="rsr", n_bootstrap=200)
+    assert table.attrs["aggregate"] == "ratio_of_means"
+    rows = table.set_index("teacher")
+    # a: per-prompt means p1 (5, 3), p2 (3, 1.5), p3 (8, 2) -> mean rank 16/3 over mean surprisal 6.5/3.
+    # b: p1 (2, 1), p2 (6, 2); its p3 row has no rank or surprisal -> 8/2 over 3/2.
+    assert rows.loc["a", "mean"] == pytest.approx(16 / 6.5)
+    assert rows.loc["b", "mean"] == pytest.approx(8 / 3)
+    assert table["teacher"].tolist() == ["a", "b"]  # lower is better
+    assert rows["num_prompts"].to_dict() == {"a": 3, "b": 2}
+    # Common prompts p1, p2: a 5/3 vs b 2 and a 2 vs b 3: a wins both.
+    assert rows["win_rate"].to_dict() == {"a": 1.0, "b": 0.0}
+    assert (table["num_common_prompts"] == 2).all()
+
+
+def test_rsr_mean_of_ratios_option_and_fallback(rsr_pool, caplog):
+    table = rank_teachers(rsr_pool, by="rsr", n_bootstrap=50, rsr_aggregate="mean_of_ratios")
+    rows = table.set_index("teacher")
+    # a: p1 mean(2, 1.5), p2 2, p3 4 -> 7.75 / 3; b: p1 2, p2 mean(3, 3), p3 1.0 -> 2.0
+    assert rows.loc["a", "mean"] == pytest.approx(7.75 / 3)
+    assert rows.loc["b", "mean"] == pytest.approx(2.0)
+    assert table["teacher"].tolist() == ["b", "a"]  # the other aggregate reverses the order
+    assert table.attrs["aggregate"] == "mean_of_ratios"
+    without = rsr_pool.remove_columns(["rsr_mean_rank", "rsr_mean_surprisal"])
+    with caplog.at_level(logging.WARNING, logger="hf_localnat.selection"):
+        fallback = rank_teachers(without, by="rsr", n_bootstrap=50)
+    pd.testing.assert_frame_equal(fallback, table, check_like=False)
+    warned = [r.getMessage() for r in caplog.records if "per-row ratios" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    # Other metrics ignore the option.
+    assert rank_teachers(rsr_pool, by="rsr_mean_rank", n_bootstrap=20).attrs["aggregate"] == "mean"
+    with pytest.raises(LocalnatError, match="rsr_aggregate"):
+        rank_teachers(rsr_pool, by="rsr", rsr_aggregate="pooled")
+
+
+def test_rsr_ratio_ci_and_p_top_against_loops(rsr_pool):
+    n_bootstrap, seed = 400, 3
+    table = rank_teachers(rsr_pool, by="rsr", n_bootstrap=n_bootstrap, seed=seed).set_index("teacher")
+    # Teacher-prompt means (rank, surprisal), prompts in order of first appearance; None: no valid row.
+    means = {"a": [(5.0, 3.0), (3.0, 1.5), (8.0, 2.0)], "b": [(2.0, 1.0), (6.0, 2.0), None]}
+
+    def ratio(pairs: list) -> float:
+        return sum(r for r, _ in pairs) / sum(s for _, s in pairs)
+
+    for teacher, pairs in means.items():  # CI: the teacher's own prompts, default_rng(seed) fresh
+        own = [p for p in pairs if p is not None]
+        draws = np.random.default_rng(seed).integers(0, len(own), size=(n_bootstrap, len(own)))
+        ratios = [ratio([own[i] for i in drawn]) for drawn in draws]
+        low, high = np.percentile(ratios, [2.5, 97.5])
+        assert (table.loc[teacher, "ci_low"], table.loc[teacher, "ci_high"]) == pytest.approx((low, high))
+
+    wins = {"a": 0.0, "b": 0.0}  # P(top): one draw of prompt indices shared by both teachers
+    for drawn in np.random.default_rng(seed).integers(0, 3, size=(n_bootstrap, 3)):
+        stats = {}
+        for teacher, pairs in means.items():
+            chosen = [pairs[i] for i in drawn if pairs[i] is not None]
+            if chosen:
+                stats[teacher] = ratio(chosen)
+        best = min(stats.values())
+        winners = [t for t, v in stats.items() if abs(v - best) <= 1e-12 * max(1.0, abs(best))]
+        for t in winners:
+            wins[t] += 1 / len(winners)
+    assert table["p_top"].to_dict() == pytest.approx({t: w / n_bootstrap for t, w in wins.items()})
+
+
+def test_p_top_column_against_a_loop(teachers):
+    n_bootstrap, seed = 300, 5
+    table = rank_teachers(teachers, by="local_naturalness", n_bootstrap=n_bootstrap, seed=seed)
+    # Teacher-prompt means (p1, p2, p3); c did not answer p3; a's two p1 answers averaged.
+    means = {"a": [-2.0, -1.0, -1.5], "b": [-1.0, -2.0, -1.5], "c": [-0.5, -3.0, None]}
+    wins = dict.fromkeys(means, 0.0)
+    for drawn in np.random.default_rng(seed).integers(0, 3, size=(n_bootstrap, 3)):
+        stats = {}
+        for teacher, values in means.items():
+            chosen = [values[i] for i in drawn if values[i] is not None]
+            if chosen:
+                stats[teacher] = sum(chosen) / len(chosen)
+        best = max(stats.values())
+        winners = [t for t, v in stats.items() if abs(v - best) <= 1e-9]
+        for t in winners:
+            wins[t] += 1 / len(winners)
+    got = table.set_index("teacher")["p_top"].to_dict()
+    assert got == pytest.approx({t: w / n_bootstrap for t, w in wins.items()})
+    assert sum(got.values()) == pytest.approx(1.0)
+
+
+def test_teacher_prompt_means_covers_every_prompt_and_teacher(rsr_pool):
+    table = teacher_prompt_means(rsr_pool, by="rsr")
+    assert (table.prompts, table.teachers, table.aggregate) == (["p1", "p2", "p3"], ["a", "b"], "ratio_of_means")
+    assert table.numerator.tolist() == [[5.0, 2.0], [3.0, 6.0], [8.0, pytest.approx(np.nan, nan_ok=True)]]
+    assert table.denominator.tolist()[:2] == [[3.0, 1.0], [1.5, 2.0]]
+    assert [table.score(0), table.score(1)] == pytest.approx([16 / 6.5, 8 / 3])
+
+
+def test_ranking_config_checks_its_values():
+    assert RankingConfig().to_dict() == {
+        "teacher_column": "teacher", "n_bootstrap": 1000, "confidence": 0.95, "seed": 0,
+        "rsr_aggregate": "ratio_of_means",
+    }  # fmt: skip
+    for bad in ({"n_bootstrap": 0}, {"confidence": 1.5}, {"seed": -1}, {"rsr_aggregate": "x"}, {"n_bootstrap": True}):
+        with pytest.raises(LocalnatError, match=next(iter(bad))):
+            RankingConfig(**bad)
+
+
+def test_format_ranking_shows_p_top_and_the_rsr_aggregate(rsr_pool):
+    text = format_ranking(rank_teachers(rsr_pool, by="rsr", n_bootstrap=40))
+    lines = text.splitlines()
+    assert "mean rank / mean surprisal" in lines[0] and "lower is better" in lines[0]
+    assert lines[1].split()[-1] == "P(top)" and "score" in lines[1]
+    assert "P(top): share of 40 paired bootstrap resamples" in text
+    assert len({len(line) for line in lines[1:5]}) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# selection_accuracy
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_correct_values():
+    assert correct_values([True, False, 1, 0, "true", " FALSE ", None, "x", 0.5]) == pytest.approx(
+        [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, np.nan, np.nan, np.nan], nan_ok=True
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_accuracy_against_loops(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    prompts = [None if rng.random() < 0.05 else f"p{int(i)}" for i in rng.integers(0, 15, size=n)]
+    scores = [None if rng.random() < 0.1 else float(v) for v in np.round(rng.normal(size=n), 1)]  # ties
+    correct = [None if rng.random() < 0.1 else bool(v) for v in rng.random(n) < 0.5]
+    ds = datasets.Dataset.from_dict({"prompt_id": prompts, "local_naturalness": scores, "correct": correct})
+    higher = bool(seed % 2)
+    got = selection_accuracy(ds, by="local_naturalness", higher_is_better=higher, n_bootstrap=300, seed=seed)
+
+    picks, shares, anys = [], [], []
+    for prompt in dict.fromkeys(p for p in prompts if p is not None):  # order of first appearance
+        rows = [i for i in range(n) if prompts[i] == prompt and scores[i] is not None and correct[i] is not None]
+        if not rows:
+            continue
+        best = rows[0]
+        for i in rows[1:]:  # strictly better only: equal scores go to the earlier row
+            if (scores[i] > scores[best]) if higher else (scores[i] < scores[best]):
+                best = i
+        picks.append(float(correct[best]))
+        shares.append(sum(correct[i] for i in rows) / len(rows))
+        anys.append(float(any(correct[i] for i in rows)))
+    count = len(picks)
+    assert got["num_prompts"] == count
+    assert got["num_rows"] == sum(
+        1 for i in range(n) if prompts[i] and scores[i] is not None and correct[i] is not None
+    )
+    assert got["accuracy"] == pytest.approx(sum(picks) / count)
+    assert got["random"] == pytest.approx(sum(shares) / count)
+    assert got["oracle"] == pytest.approx(sum(anys) / count)
+    assert got["random"] <= got["oracle"] and got["accuracy"] <= got["oracle"]
+    draws = np.random.default_rng(seed).integers(0, count, size=(300, count))
+    accuracy = [sum(picks[i] for i in drawn) / count for drawn in draws]
+    gain = [sum(picks[i] - shares[i] for i in drawn) / count for drawn in draws]
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx(tuple(np.percentile(accuracy, [2.5, 97.5])))
+    assert (got["gain_ci_low"], got["gain_ci_high"]) == pytest.approx(tuple(np.percentile(gain, [2.5, 97.5])))
+
+
+def test_selection_accuracy_uses_the_select_responses_pick(scored):
+    got = selection_accuracy(scored, by="rsr", n_bootstrap=20)
+    picked = select_responses(scored, by="rsr")  # every row has a known correct, so the candidates agree
+    assert got["accuracy"] == pytest.approx(np.mean(picked["correct"]))
+    # p1: a T, b T, c F; p2: a F, b T; p3: a T, c T
+    assert got["random"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert got["oracle"] == 1.0
+
+
+def test_selection_accuracy_user_errors(scored):
+    with pytest.raises(LocalnatError, match="correct_column='label'"):
+        selection_accuracy(scored, by="rsr", correct_column="label")
+    unknown = scored.remove_columns("correct").add_column("correct", [None] * len(scored))
+    with pytest.raises(LocalnatError, match="known 'correct'"):
+        selection_accuracy(unknown, by="rsr")
+
+
+def test_rsr_part_columns_are_the_scorers():
+    from hf_localnat.metrics import METRIC_EXTRA_COLUMNS
+    from hf_localnat.selection import RSR_RANK_COLUMN, RSR_SURPRISAL_COLUMN
+
+    assert METRIC_EXTRA_COLUMNS["rsr"] == (RSR_RANK_COLUMN, RSR_SURPRISAL_COLUMN)

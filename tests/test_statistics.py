@@ -20,8 +20,14 @@ from hf_localnat.selection import rank_teachers
 from hf_localnat.statistics import (
     auroc,
     average_ranks,
+    binary_kendall_tau_b_ci,
+    bootstrap_counts,
     bootstrap_mean_ci,
+    bootstrap_ratio_ci,
     kendall_tau_b,
+    kendall_tau_b_rows,
+    p_top,
+    resampled_means,
     spearman,
     within_group_spearman,
 )
@@ -109,6 +115,59 @@ def ref_bootstrap_ci(values: np.ndarray, n_bootstrap: int, confidence: float, se
         means[start : start + size] = values[rng.integers(0, n, size=(size, n))].mean(axis=1)
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def ref_resample_indices(n: int, n_bootstrap: int, seed: int, chunk_values: int) -> list[np.ndarray]:
+    """The documented draws: default_rng(seed).integers(0, n, (size, n)) for chunks of chunk_values // n rows."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, chunk_values // n)
+    out: list[np.ndarray] = []
+    for start in range(0, n_bootstrap, chunk):
+        out.extend(rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n)))
+    return out
+
+
+def ref_teacher_stat(
+    table: np.ndarray, denominator: np.ndarray | None, prompts: Sequence[int], teacher: int
+) -> float | None:
+    """A teacher's mean (or sum/sum ratio) over the listed prompts it answered, a prompt listed twice counting twice."""
+    above, below = [], []
+    for p in prompts:
+        value = table[p][teacher]
+        other = 1.0 if denominator is None else denominator[p][teacher]
+        if math.isnan(value) or math.isnan(other):
+            continue
+        above.append(float(value))
+        below.append(float(other))
+    if not above:
+        return None
+    if denominator is None:
+        return math.fsum(above) / len(above)
+    return math.fsum(above) / max(math.fsum(below), 1e-12)
+
+
+def ref_p_top(table, higher, n_bootstrap, seed, denominator=None, chunk_values=statistics.BOOTSTRAP_CHUNK_VALUES):
+    """Loop over resamples and teachers; the best (exact equality is a tie) shares one win."""
+    n_prompts, n_teachers = len(table), len(table[0])
+    wins = [0.0] * n_teachers
+    for prompts in ref_resample_indices(n_prompts, n_bootstrap, seed, chunk_values):
+        stats = [ref_teacher_stat(table, denominator, prompts, t) for t in range(n_teachers)]
+        defined = [s for s in stats if s is not None]
+        if not defined:
+            continue
+        best = max(defined) if higher else min(defined)
+        winners = [t for t, s in enumerate(stats) if s == best]
+        for t in winners:
+            wins[t] += 1.0 / len(winners)
+    return [w / n_bootstrap for w in wins]
+
+
+def ref_percentile_ci(samples: list[float], confidence: float) -> tuple[float | None, float | None]:
+    if not samples:
+        return None, None
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(np.array(samples), [tail, 100.0 - tail])
     return float(low), float(high)
 
 
@@ -284,3 +343,156 @@ def test_report_reexports_the_statistics():
     # `from hf_localnat.report import spearman` (and the others) keeps working after the move.
     for name in ("average_ranks", "kendall_tau_b", "spearman", "within_group_spearman", "auroc"):
         assert getattr(report, name) is getattr(statistics, name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paired bootstrap over prompts: counts, P(top), ratio CIs, tau-b CIs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def random_table(rng: np.random.Generator, n_prompts: int, n_teachers: int) -> np.ndarray:
+    """Continuous or coarse (many exact ties) values, some teachers missing prompts, one duplicated teacher."""
+    table = rng.normal(size=(n_prompts, n_teachers))
+    if rng.random() < 0.5:
+        table = np.round(table)  # resampled means tie exactly between different teachers
+    if n_teachers > 2 and rng.random() < 0.5:
+        table[:, -1] = table[:, 0]  # identical teachers: every resample ties them
+    table[rng.random(table.shape) < 0.25] = np.nan
+    table[0, 0] = 0.5 if np.isnan(table[0, 0]) else table[0, 0]  # never an empty table
+    return table
+
+
+@pytest.mark.parametrize("chunk_values", [statistics.BOOTSTRAP_CHUNK_VALUES, 10, 1])
+def test_bootstrap_counts_are_the_documented_draws(monkeypatch, chunk_values):
+    monkeypatch.setattr(statistics, "BOOTSTRAP_CHUNK_VALUES", chunk_values)
+    for n, n_bootstrap, seed in [(1, 3, 0), (4, 7, 1), (9, 25, 2)]:
+        got = np.concatenate([c.copy() for c in bootstrap_counts(n, n_bootstrap, seed)])
+        want = [[sum(int(i) == item for i in row) for item in range(n)]
+                for row in ref_resample_indices(n, n_bootstrap, seed, chunk_values)]  # fmt: skip
+        assert got.tolist() == want
+
+
+def test_bootstrap_counts_draw_what_bootstrap_mean_ci_draws():
+    values = np.random.default_rng(3).normal(size=37)
+    means = np.concatenate([c @ values / values.size for c in bootstrap_counts(values.size, 500, 9)])
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert bootstrap_mean_ci(values, 500, 0.95, 9) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_resampled_means_against_loops():
+    rng = np.random.default_rng(4)
+    table = random_table(rng, 8, 4)
+    denominator = rng.random(size=table.shape) + 0.5
+    denominator[rng.random(table.shape) < 0.1] = np.nan
+    indices = ref_resample_indices(8, 30, 5, statistics.BOOTSTRAP_CHUNK_VALUES)
+    counts = next(bootstrap_counts(8, 30, 5))
+    for below in (None, denominator):
+        got = resampled_means(counts, table, below)
+        for b, prompts in enumerate(indices):
+            for t in range(4):
+                want = ref_teacher_stat(table, below, prompts, t)
+                assert math.isnan(got[b, t]) if want is None else got[b, t] == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_p_top_against_a_loop_over_the_same_resamples(monkeypatch, seed):
+    rng = np.random.default_rng(100 + seed)
+    chunk_values = int(rng.choice([statistics.BOOTSTRAP_CHUNK_VALUES, 13]))  # one chunk, or many
+    monkeypatch.setattr(statistics, "BOOTSTRAP_CHUNK_VALUES", chunk_values)
+    n_prompts, n_teachers = int(rng.integers(1, 12)), int(rng.integers(1, 5))
+    table = random_table(rng, n_prompts, n_teachers)
+    higher = bool(rng.random() < 0.5)
+    n_bootstrap = int(rng.choice([1, 7, 60]))
+    got = p_top(table, higher, n_bootstrap, seed)
+    want = ref_p_top(table.tolist(), higher, n_bootstrap, seed, chunk_values=chunk_values)
+    assert got.tolist() == pytest.approx(want, abs=1e-12)
+    denominator = np.abs(rng.normal(size=table.shape)) + 0.1
+    if rng.random() < 0.5:
+        denominator = np.round(denominator, 1) + 0.1  # coarse: ratios tie too
+    got = p_top(table + 3.0, higher, n_bootstrap, seed, denominator=denominator)
+    want = ref_p_top((table + 3.0).tolist(), higher, n_bootstrap, seed, denominator.tolist(), chunk_values)
+    assert got.tolist() == pytest.approx(want, abs=1e-12)
+
+
+def test_p_top_statistical_sanity():
+    # Teacher 0 is better by 0.3 sd on 400 shared prompts: it almost always ranks first; identical teachers split.
+    rng = np.random.default_rng(8)
+    base = rng.normal(size=(400, 1))
+    table = np.hstack([base + 0.3, base, base])
+    assert p_top(table, True, 500, 0).tolist() == pytest.approx([1.0, 0.0, 0.0])
+    assert p_top(table, False, 500, 0).tolist() == pytest.approx([0.0, 0.5, 0.5])
+    assert p_top(np.array([[1.0, np.nan], [np.nan, 2.0]]), True, 2000, 1).sum() == pytest.approx(1.0)
+
+
+def test_p_top_is_fast_on_a_large_pool():
+    import time
+
+    table = np.random.default_rng(0).normal(size=(20_000, 10))
+    started = time.perf_counter()
+    p_top(table, True, 1000, 0)
+    assert time.perf_counter() - started < 10.0  # about half a second on one shared CPU core
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bootstrap_ratio_ci_against_a_loop(seed):
+    rng = np.random.default_rng(200 + seed)
+    n = int(rng.integers(1, 15))
+    above, below = rng.random(n) * 20, rng.random(n) + 0.5
+    above[rng.random(n) < 0.15] = np.nan
+    if np.isnan(above).all():
+        above[0] = 1.0
+    keep = ~np.isnan(above)
+    a, b = above[keep], below[keep]
+    ratios = [
+        math.fsum(a[i] for i in prompts) / math.fsum(b[i] for i in prompts)
+        for prompts in ref_resample_indices(a.size, 300, seed, statistics.BOOTSTRAP_CHUNK_VALUES)
+    ]
+    low, high = ref_percentile_ci(ratios, 0.9)
+    assert bootstrap_ratio_ci(above, below, 300, 0.9, seed) == pytest.approx((low, high), abs=1e-12)
+
+
+def test_kendall_tau_b_rows_against_pair_count():
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 4, size=(200, 5)).astype(float)
+    y = np.round(rng.normal(size=(200, 5)), 1)
+    x[rng.random(x.shape) < 0.15] = np.nan
+    got = kendall_tau_b_rows(x, y)
+    for row in range(200):
+        want = ref_kendall_tau_b(x[row].tolist(), y[row].tolist())
+        assert math.isnan(got[row]) if want is None else abs(got[row] - want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_kendall_tau_b_ci_against_resampled_pair_counts(monkeypatch, seed):
+    rng = np.random.default_rng(300 + seed)
+    monkeypatch.setattr(statistics, "BOOTSTRAP_CHUNK_VALUES", int(rng.choice([statistics.BOOTSTRAP_CHUNK_VALUES, 9])))
+    n = int(rng.integers(2, 30))
+    x = np.round(rng.normal(size=n), int(rng.integers(0, 2)))  # ties in x
+    labels = (rng.random(n) < 0.5).astype(float)
+    labels[rng.random(n) < 0.1] = np.nan
+    groups = [f"p{g}" for g in rng.integers(0, max(1, n // 3), size=n)]
+    got = binary_kendall_tau_b_ci(x, labels, groups, n_bootstrap=80, confidence=0.9, seed=seed)
+
+    kept = [i for i in range(n) if math.isfinite(labels[i])]
+    order = list(dict.fromkeys(groups[i] for i in kept))  # groups in order of first appearance
+    rows_of = {g: [i for i in kept if groups[i] == g] for g in order}
+    taus = []
+    if kept:
+        for drawn in ref_resample_indices(len(order), 80, seed, statistics.BOOTSTRAP_CHUNK_VALUES):
+            rows = [i for g in drawn for i in rows_of[order[g]]]
+            tau = ref_kendall_tau_b([x[i] for i in rows], [labels[i] for i in rows])
+            if tau is not None:
+                taus.append(tau)
+    want = ref_percentile_ci(taus, 0.9)
+    if want[0] is None:
+        assert got == (None, None)
+    else:
+        assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_binary_kendall_tau_b_ci_rows_as_groups_and_bad_labels():
+    x, y = [1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1]
+    assert binary_kendall_tau_b_ci(x, y, n_bootstrap=50) == binary_kendall_tau_b_ci(x, y, range(4), n_bootstrap=50)
+    assert binary_kendall_tau_b_ci([1.0, 2.0], [1, 1], n_bootstrap=20) == (None, None)  # one class: undefined
+    with pytest.raises(ValueError, match="0/1"):
+        binary_kendall_tau_b_ci([1.0, 2.0], [0, 2])
