@@ -96,6 +96,29 @@ class RankTeachersArguments:
     )
 
 
+def check_table_output(output: str, inputs: Sequence[str], overwrite: bool) -> None:
+    """Refuse a table output that is not a .csv or .json file, or that may not be written (before any work)."""
+    from .outputs import check_output
+
+    if Path(output).suffix.lower() not in (".csv", ".json"):
+        raise LocalnatError(f"--output {output!r}: use a .csv or .json file name.")
+    check_output(output, "file", inputs=inputs, overwrite=overwrite)
+
+
+def write_table(table: Any, output: str, inputs: Sequence[str], overwrite: bool) -> Path:
+    """Write a teacher table atomically as .csv or .json records (the suffix decides); returns the path."""
+    from .data_io import atomic_file
+    from .outputs import check_output
+
+    out = check_output(output, "file", inputs=inputs, overwrite=overwrite)
+    with atomic_file(out) as tmp:
+        if out.suffix.lower() == ".csv":
+            table.to_csv(tmp, index=False)
+        else:
+            table.to_json(tmp, orient="records", indent=2)
+    return out
+
+
 @dataclass
 class GraceArguments:
     """``hf-localnat grace POOL --output grace.csv``: GRACE, a teacher-level score from the student's gradients."""
@@ -106,15 +129,12 @@ class GraceArguments:
 
 
 def run_grace(args: GraceArguments, student: StudentArguments, config: Any, pool_path: str) -> None:
-    from .data_io import atomic_file, load_rows, require_columns
+    from .data_io import load_rows, require_columns
     from .grace import grace_scores
-    from .outputs import check_output
     from .student import load_student
 
     if args.output:
-        if Path(args.output).suffix.lower() not in (".csv", ".json"):
-            raise LocalnatError(f"--output {args.output!r}: use a .csv or .json file name.")
-        check_output(args.output, "file", inputs=[pool_path], overwrite=args.overwrite)
+        check_table_output(args.output, [pool_path], args.overwrite)
     ds = load_rows(pool_path, split=args.split)
     names = ("teacher_column", "group_by", "prompt_column", "response_column")
     require_columns(ds, [getattr(config, n) for n in names], pool_path, flags_for(config, *names))
@@ -125,12 +145,7 @@ def run_grace(args: GraceArguments, student: StudentArguments, config: Any, pool
     print(shown.to_string(index=False))
     print(f"{int(table['backward_passes'].sum())} backward passes in {table['seconds'].sum():.0f} s.")
     if args.output:
-        out = check_output(args.output, "file", inputs=[pool_path], overwrite=args.overwrite)
-        with atomic_file(out) as tmp:
-            if out.suffix.lower() == ".csv":
-                table.to_csv(tmp, index=False)
-            else:
-                table.to_json(tmp, orient="records", indent=2)
+        out = write_table(table, args.output, [pool_path], args.overwrite)
         print(f"Wrote the GRACE of {len(table)} teachers -> {out}")
 
 
@@ -343,14 +358,12 @@ def run_select(args: SelectArguments, selection: SelectionConfig, scored_path: s
 def run_rank_teachers(
     args: RankTeachersArguments, student: StudentArguments, scoring: ScoringConfig, scored_path: str
 ) -> None:
-    from .data_io import atomic_file, load_rows, require_columns, write_rows
+    from .data_io import load_rows, require_columns, write_rows
     from .outputs import check_output
     from .selection import format_ranking, rank_teachers
 
     if args.output:
-        if Path(args.output).suffix.lower() not in (".csv", ".json"):
-            raise LocalnatError(f"--output {args.output!r}: use a .csv or .json file name.")
-        check_output(args.output, "file", inputs=[scored_path], overwrite=args.overwrite)
+        check_table_output(args.output, [scored_path], args.overwrite)
     if args.until_confident is not None:
         if not args.output:
             raise LocalnatError("--until_confident needs --output ranking.json (its blocks resume beside it).")
@@ -367,7 +380,7 @@ def run_rank_teachers(
         from .budget import rank_until_confident
 
         wanted = args.by.split("@")[0]  # local_naturalness@4 is computed by the local metric
-        columns = {c for c in scoring.row_columns} | ({"casl"} if "casl" in scoring.metric_names else set())
+        columns = set(scoring.row_columns) | ({"casl"} if "casl" in scoring.metric_names else set())
         if args.by not in columns:
             raise LocalnatError(
                 f"--by {args.by}: the scoring options do not compute it (metrics: {scoring.metrics}). Add "
@@ -390,12 +403,7 @@ def run_rank_teachers(
     if budget is not None:
         print(budget.summary())
     if args.output:
-        out = check_output(args.output, "file", inputs=[scored_path], overwrite=args.overwrite)
-        with atomic_file(out) as tmp:
-            if out.suffix.lower() == ".csv":
-                table.to_csv(tmp, index=False)
-            else:
-                table.to_json(tmp, orient="records", indent=2)
+        out = write_table(table, args.output, [scored_path], args.overwrite)
         print(f"Wrote the ranking of {len(table)} teachers -> {out}")
 
 
