@@ -161,7 +161,9 @@ class DemoArguments:
 
     MIN_VALUES = {"limit_prompts": 1}
 
-    output_dir: str = field(default="localnat-demo", metadata={"help": "Where the selected dataset folder goes."})
+    output_dir: str = field(
+        default="localnat-demo", metadata={"help": "Where the demo writes report/, selection/ and scored.parquet."}
+    )
     limit_prompts: int | None = field(default=None, metadata={"help": "Use only the first N demo prompts."})
     overwrite: bool = field(
         default=False, metadata={"help": "Replace --output_dir even if an earlier demo did not write it."}

@@ -19,7 +19,7 @@ pytest_plugins = ["hub_server"]  # the `hub_server` fixture: a Hub-compatible HT
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 MATH_L5 = SHARED / "multiteacher" / "zeroeval_math_l5.jsonl"
-DEMO_POOL = REPO / "hf_localnat" / "data" / "demo_pool.jsonl"
+DEMO_POOL = REPO / "tests" / "data" / "synthetic_pool.jsonl"  # 4 template teachers; the trainer tests need its shape
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"

@@ -14,6 +14,7 @@ from huggingface_hub import DatasetCard, ModelCard
 
 from hf_localnat import LocalnatError
 from hf_localnat.cli import main
+from hf_localnat.demo import demo_pool_path
 from hf_localnat.hub import SelectionConfig, push_selection, push_student
 from hf_localnat.selection import select_responses
 from hf_localnat.trainer import ReselectConfig, ReselectingSFTTrainer
@@ -147,11 +148,14 @@ def test_cli_push_selection_checks_the_flags_against_the_scored_pool(tmp_path: P
 def test_demo_writes_a_published_folder(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--limit_prompts", "2", "--metrics", "global,local", "--output_dir", str(out)]) == 0
-    loaded = datasets.load_dataset(str(out), split="train")
-    assert len(loaded) == 2 and set(loaded["prompt_id"]) == {r["prompt_id"] for r in read_jsonl(DEMO_POOL)[:8]}
-    block = DatasetCard.load(out / "README.md").data.to_dict()["hf_localnat"]
-    assert block["student"] == "embedded:SmolLM2-135M-Instruct" and block["num_rows_before"] == 8
-    assert (out / "score_histogram.png").read_bytes().startswith(PNG_MAGIC)
+    selection = out / "selection"
+    loaded = datasets.load_dataset(str(selection), split="train")
+    pool = read_jsonl(demo_pool_path())
+    teachers = len({r["teacher"] for r in pool})
+    assert len(loaded) == 2 and set(loaded["prompt_id"]) == {r["prompt_id"] for r in pool[: 2 * teachers]}
+    block = DatasetCard.load(selection / "README.md").data.to_dict()["hf_localnat"]
+    assert block["student"] == "embedded:SmolLM2-135M-Instruct" and block["num_rows_before"] == 2 * teachers
+    assert (selection / "score_histogram.png").read_bytes().startswith(PNG_MAGIC)
     assert main(["demo", "--limit_prompts", "2", "--metrics", "global", "--output_dir", str(out)]) == 0  # reruns
 
 

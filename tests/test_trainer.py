@@ -411,7 +411,9 @@ with open(f"{out}/rank{trainer.args.process_index}.json", "w") as f:
     json.dump({"world_size": trainer.args.world_size, "selected": state.selected, "scores": state.scores,
                "history": history}, f)
 # End as the README says for CPU processes: destroy the process group, then free the DDP-wrapped model that
-# still holds it; otherwise gloo's threads can abort the process at exit ("terminate called ...").
+# still holds it; otherwise gloo's threads can abort the process at exit ("terminate called ..."). Both ranks
+# first meet: one suite run saw a rank hang in the teardown after the other had already left.
+trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()
 del trainer
 gc.collect()
