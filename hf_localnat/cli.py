@@ -16,6 +16,7 @@ import dataclasses
 import errno
 import gc
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -702,6 +703,11 @@ COMMANDS: dict[str, Command] = {
         "folder",
         "A folder written by train (trainer.save_model).",
     ),
+    "study": Command(
+        lambda: importlib.import_module(".study", __package__).study_arguments(),
+        lambda *parts: importlib.import_module(".study", __package__).run_study(*parts),
+        "Train the student once per selection rule (arm) from one pool, evaluate each on a benchmark, compare.",
+    ),
 }
 
 
@@ -713,7 +719,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     argv = sys.argv[1:] if argv is None else list(argv)
     for name, command in COMMANDS.items():
-        if name == "train" and name not in argv:  # importing TRL costs seconds: only when training
+        if name in ("train", "study") and name not in argv:  # importing TRL costs seconds: only when training
             sub.add_parser(name, dataclass_types=[TrainArguments], help=command.help, description=command.help)
             continue
         types = list(command.arguments())

@@ -249,8 +249,13 @@ def build_selection_folder(
     teacher_column: str = "teacher",
     response_column: str = ScoringConfig.response_column,
     pretty_name: str | None = None,
+    rule: str | None = None,
 ) -> DatasetCard:
     """Write the card, the parquet shards and the histogram of a selection into ``folder``; return the card.
+
+    ``rule`` says how the rows were chosen when they were not ranked by the ``by`` column (a seeded random pick,
+    say): the card then says it instead of the direction and of the ``select`` command, which would not
+    reproduce them.
 
     Example:
         >>> card = build_selection_folder(selected, Path("out"), scored=scored)  # doctest: +SKIP
@@ -316,7 +321,8 @@ def build_selection_folder(
         "student": provenance.get("student"),
         "student_revision": provenance.get("revision"),
         "scorer": scorer_config,
-        "selection": {**config.to_dict(), "higher_is_better": config.is_higher_better()},
+        "selection": {**config.to_dict(), "higher_is_better": None if rule else config.is_higher_better()}
+        | ({"rule": rule} if rule else {}),
         "num_rows_before": len(scored) if scored is not None else None,
         "num_rows_after": len(selected),
         "selected_ids_sha256": selected_ids_sha256(selected, config.group_by, teacher_column),
@@ -330,7 +336,7 @@ def build_selection_folder(
         tags=list(TAGS),
         hf_localnat=block,
     )
-    direction = "higher is better" if config.is_higher_better() else "lower is better"
+    direction = rule or ("higher is better" if config.is_higher_better() else "lower is better")
     recorded = scorer_config or {}
     metrics = recorded.get("metrics") or []
     # ASLEC is cited when its drop was used, by local steps (the old boolean too) or by the aslec_drop metric.
@@ -353,6 +359,7 @@ def build_selection_folder(
         histogram=histogram,
         command=_command_line(source_name, scorer_config, block["student"], config),
         selection_yaml=selection_yaml(config),
+        rule=rule,
         id_definition=ID_DEFINITION,
         metrics=metrics,
         cite_aslec=cite_aslec,
@@ -512,11 +519,13 @@ def push_selection(
     token: str | None = None,
     teacher_column: str = "teacher",
     response_column: str = ScoringConfig.response_column,
+    rule: str | None = None,
 ) -> str:
     """Publish a selected dataset with its provenance card: to the Hub (``repo_id``) or a folder (``to_dir``).
 
     The folder holds ``README.md`` (the card), ``data/train-*.parquet`` and, when ``scored`` is given,
-    ``score_histogram.png``; ``datasets.load_dataset(to_dir)`` loads it back.
+    ``score_histogram.png``; ``datasets.load_dataset(to_dir)`` loads it back. ``rule``: how the rows were chosen
+    when not by ranking ``selection_config.by`` (see :func:`build_selection_folder`).
 
     Example:
         >>> best = select_responses(scored, by="local_naturalness")  # doctest: +SKIP
@@ -540,6 +549,7 @@ def push_selection(
             teacher_column=teacher_column,
             response_column=response_column,
             pretty_name=repo_id.split("/")[-1] if repo_id else None,
+            rule=rule,
         )
         if repo_id is None:
             return str(to_dir)
