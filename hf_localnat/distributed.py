@@ -40,8 +40,9 @@ def main_decides(state: Any, action: Callable[[], T]) -> T:
     """Run ``action`` on the main process only and hand its result to every process.
 
     A :class:`LocalnatError` there is raised on every process, so a launch stops together with one message
-    instead of leaving the other processes waiting at a barrier. ``state`` is an accelerate ``PartialState``, or
-    None for a single process.
+    instead of leaving the other processes waiting at a barrier; any other exception is re-raised on the main
+    process and stops the others with a ``RuntimeError`` naming it. ``state`` is an accelerate ``PartialState``,
+    or None for a single process.
 
     Example:
         >>> main_decides(None, lambda: 42)
@@ -52,13 +53,20 @@ def main_decides(state: Any, action: Callable[[], T]) -> T:
     from accelerate.utils import broadcast_object_list
 
     box: list[Any] = [None]
+    failure: Exception | None = None
     if state.is_main_process:
         try:
             box = [("ok", action())]
         except LocalnatError as err:
             box = [("error", str(err))]
+        except Exception as err:  # the others must not wait for a result that will never come
+            failure, box = err, [("crash", f"{type(err).__name__}: {err}")]
     broadcast_object_list(box, from_process=0)
     kind, value = box[0]
+    if failure is not None:
+        raise failure
     if kind == "error":
         raise LocalnatError(value)
+    if kind == "crash":
+        raise RuntimeError(f"the main process failed ({value}); see its traceback")
     return value

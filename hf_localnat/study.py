@@ -10,7 +10,8 @@ from the same pool under the same ``where`` filter, trains the same student from
   the direction from :func:`~hf_localnat.selection.is_higher_better`); ``random`` (``k`` seeded random candidates
   per prompt); ``best_teacher`` (the responses of the teacher :func:`~hf_localnat.selection.rank_teachers` ranks
   first under ``best_teacher_by``; where its response fails the filter, the best-ranked teacher whose response
-  passes, counted as a fallback); ``oracle`` (``k`` seeded random correct candidates); ``METRIC+reselect``.
+  passes, counted as a fallback); ``oracle`` (``k`` seeded random correct candidates, topped up with seeded
+  random incorrect ones where a prompt has fewer, counted); ``METRIC+reselect``.
   A candidate is a row with a prompt id and a non-empty response that passes ``where``.
 - **Equal sizes.** Only the prompts where every arm has its ``k`` picks are trained on, so every arm has
   ``k x prompts`` examples; the prompts the filter left without candidates or short are counted in
@@ -87,9 +88,12 @@ UNKEYED_TRAINING_ARGS = {
     "save_only_model", "save_safetensors", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token",
     "hub_private_repo", "hub_always_push", "hub_revision", "resume_from_checkpoint", "overwrite_output_dir",
     "dataloader_num_workers", "dataloader_prefetch_factor", "dataloader_persistent_workers", "local_rank",
-    "selection_repo", "by",
+    "selection_repo", "by", "log_level", "log_level_replica", "log_on_each_node", "eval_strategy", "eval_steps",
+    "eval_delay", "eval_on_start", "per_device_eval_batch_size", "eval_accumulation_steps", "save_on_each_node",
+    "ddp_timeout", "dataloader_pin_memory", "include_num_input_tokens_seen", "max_tokens_per_batch",
 }  # fmt: skip
 _MAX_LISTED = 5
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")  # with config.json: what identifies a local student
 
 
 @dataclass
@@ -167,6 +171,7 @@ class Arm:
     name: str
     kind: str
     metric: str | None = None
+    higher: bool | None = None  # a metric arm's direction: from its name, else --higher_is_better
 
     @property
     def folder(self) -> str:
@@ -174,8 +179,11 @@ class Arm:
         return re.sub(r"[^A-Za-z0-9_.@+-]", "_", self.name).lstrip(".") or "_"
 
 
-def parse_arms(text: str | Sequence[str], columns: Sequence[str]) -> list[Arm]:
+def parse_arms(text: str | Sequence[str], columns: Sequence[str], higher_is_better: bool | None = None) -> list[Arm]:
     """The arms of ``--arms``, checked against the pool's columns.
+
+    A metric arm takes its direction from its name (:func:`~hf_localnat.selection.is_higher_better`);
+    ``higher_is_better`` gives it to the metric arms whose name does not say it (a ``reward`` column, say).
 
     Example:
         >>> [(a.name, a.kind) for a in parse_arms("rsr, random,rsr+reselect", ["rsr", "prompt_id"])]
@@ -204,8 +212,16 @@ def parse_arms(text: str | Sequence[str], columns: Sequence[str]) -> list[Arm]:
                 f"--arms: {metric!r} is not one of {', '.join(SPECIAL_ARMS)} nor a column of the pool (columns: "
                 f"{', '.join(columns)}). Score the pool with that metric, or fix the name."
             )
-        is_higher_better(metric)  # an unknown direction fails now
-        arms.append(Arm(name, "reselect" if reselect else "metric", metric))
+        try:
+            higher = is_higher_better(metric)
+        except LocalnatError:
+            if higher_is_better is None:
+                raise LocalnatError(
+                    f"--arms {name}: the better direction of {metric!r} is not known from its name. Pass "
+                    "--higher_is_better true|false (it applies to the metric arms whose name does not say it)."
+                ) from None
+            higher = higher_is_better
+        arms.append(Arm(name, "reselect" if reselect else "metric", metric, higher))
     folders = Counter(arm.folder for arm in arms)
     clash = [arm.name for arm in arms if folders[arm.folder] > 1]
     if clash:
@@ -215,21 +231,22 @@ def parse_arms(text: str | Sequence[str], columns: Sequence[str]) -> list[Arm]:
 
 # ------------------------------------------------------------------------------------------------- contamination
 
-_NOT_WORD = re.compile(r"[^\w\s]|_")
-
-
 def normalise_text(text: str) -> str:
-    """Text as the contamination guard compares it: NFKC, lower case, punctuation and symbols removed,
-    whitespace collapsed.
+    """Text as the contamination guard compares it: NFKC, lower case, punctuation removed, each symbol (``+``,
+    ``−``, ``$``, ...) a word of its own, whitespace collapsed. Symbols stay: ``1/2 + 1/3`` is not ``1/2 − 1/3``.
 
     Example:
         >>> normalise_text("Janet’s  ducks lay 16 eggs\\nper day.")
         'janet s ducks lay 16 eggs per day'
-        >>> normalise_text("Janet's ducks lay 16 eggs per day") == normalise_text("JANET’S DUCKS LAY 16 EGGS PER DAY")
-        True
+        >>> normalise_text("What is 2+2?") == normalise_text("what is 2 + 2"), normalise_text("1/2+1/3")
+        (True, '1 2 + 1 3')
     """
     folded = unicodedata.normalize("NFKC", str(text)).lower()
-    return " ".join(_NOT_WORD.sub(" ", folded).split())
+    out = []
+    for char in folded:
+        kind = unicodedata.category(char)
+        out.append(" " if kind.startswith("P") else f" {char} " if kind.startswith("S") else char)
+    return " ".join("".join(out).split())
 
 
 def overlapping_problems(problems: Sequence[str], prompts: Sequence[str]) -> list[int]:
@@ -308,8 +325,10 @@ def arm_picks(
     Every arm chooses among the same candidates: rows with a ``group_by`` key and a non-empty response that pass
     ``selection.where``; each keeps up to ``selection.k`` per prompt through
     :func:`~hf_localnat.selection.top_k_per_group`. A metric arm ranks by the column (unscored rows never picked),
-    ``random`` by ``numpy.random.default_rng(seed).random``, ``oracle`` the same draws among the correct
-    candidates (``correct_column``), ``best_teacher`` by the teacher's rank under ``best_teacher_by``
+    ``random`` by ``numpy.random.default_rng(seed).random``, ``oracle`` the same draws with every correct
+    candidate ahead of every incorrect one (a prompt with fewer than ``k`` correct is topped up, counted in
+    ``notes["incorrect_prompts"]``, rather than dropped from every arm; correctness from ``correct_column``),
+    ``best_teacher`` by the teacher's rank under ``best_teacher_by``
     (:func:`~hf_localnat.selection.rank_teachers` over the whole pool): where the first teacher's response fails
     the filter, the next-ranked teacher with a passing response, counted in ``notes["fallback_prompts"]``.
 
@@ -328,11 +347,13 @@ def arm_picks(
     eligible = candidate_mask(pool, selection, response_column)
     notes: dict[str, Any] = {}
     if arm.kind in ("metric", "reselect"):
-        scores, higher = _score_column(pool, arm.metric), is_higher_better(arm.metric)
+        scores = _score_column(pool, arm.metric)
+        higher = arm.higher if arm.higher is not None else is_higher_better(arm.metric)
     elif arm.kind in (RANDOM, ORACLE):
         scores, higher = np.random.default_rng(seed).random(len(pool)), True
-        if arm.kind == ORACLE:
-            eligible &= correct_values(list(pool.with_format(None)[correct_column])) == 1.0
+        if arm.kind == ORACLE:  # draws lie in [0, 1): +1 puts every correct candidate first
+            correct = correct_values(list(pool.with_format(None)[correct_column])) == 1.0
+            scores = scores + correct
     elif arm.kind == BEST_TEACHER:
         table = rank_teachers(pool, by=best_teacher_by, teacher_column=teacher_column, group_by=selection.group_by)
         rank_of = dict(zip(table["teacher"], table["rank"], strict=True))
@@ -347,6 +368,8 @@ def arm_picks(
     rows, ranks = top_k_per_group(scores, codes, eligible, selection.k, higher)
     if arm.kind == BEST_TEACHER:
         notes["fallback_prompts"] = _fallbacks(rows, codes, teachers, notes["top_teacher"])
+    if arm.kind == ORACLE:
+        notes["incorrect_prompts"] = _incorrect_prompts(rows, codes, correct)
     return rows, ranks, notes
 
 
@@ -395,6 +418,11 @@ def candidate_mask(
     return mask
 
 
+def _incorrect_prompts(rows: np.ndarray, codes: np.ndarray, correct: np.ndarray) -> int:
+    """Prompts among ``rows`` with an incorrect pick (an oracle prompt with fewer than ``k`` correct)."""
+    return len({int(codes[row]) for row in rows if not correct[int(row)]})
+
+
 def _fallbacks(rows: np.ndarray, codes: np.ndarray, teachers: Sequence[Any], top: str) -> int:
     """Prompts among ``rows`` none of whose picks is the top teacher's."""
     from_top = {int(codes[row]) for row in rows if str(teachers[int(row)]) == top}
@@ -413,8 +441,8 @@ def plan_study(
         >>> pool = datasets.Dataset.from_dict({"prompt_id": ["p", "p", "q", "q"], "teacher": ["a", "b", "a", "b"],
         ...     "response": ["x", "y", "z", "w"], "rsr": [2.0, 1.0, 1.0, 3.0], "correct": [True, True, False, True]})
         >>> plan = plan_study(pool, parse_arms("rsr,oracle", pool.column_names), SelectionConfig(k=2))
-        >>> plan.rows["rsr"].tolist(), plan.prompts["used"], plan.prompts["short"]  # q has one correct: oracle short
-        ([1, 0], 1, 1)
+        >>> plan.rows["rsr"].tolist(), plan.prompts["used"], plan.notes["oracle"]["incorrect_prompts"]
+        ([1, 0, 2, 3], 2, 1)
     """
     keys = list(pool.with_format(None)[selection.group_by])
     codes, group_keys = group_codes(keys, selection.group_by)
@@ -442,6 +470,11 @@ def plan_study(
     for name, (arm_rows, arm_ranks, arm_notes) in picks.items():
         keep = full[codes[arm_rows]]
         rows[name], ranks[name] = arm_rows[keep], arm_ranks[keep]
+        if "incorrect_prompts" in arm_notes:  # counted again on the prompts trained on
+            column = options.get("correct_column", StudyArguments.correct_column)
+            correct = correct_values(list(pool.with_format(None)[column])) == 1.0
+            arm_notes = {**arm_notes, "incorrect_prompts": _incorrect_prompts(rows[name], codes, correct),
+                         "incorrect_prompts_in_pool": arm_notes["incorrect_prompts"]}  # fmt: skip
         if "fallback_prompts" in arm_notes:  # counted again on the prompts trained on
             teachers = pool.with_format(None)[options.get("teacher_column", RankingConfig.teacher_column)]
             fallbacks = _fallbacks(rows[name], codes, teachers, arm_notes["top_teacher"])
@@ -584,7 +617,13 @@ def _student_identity(student: StudentArguments) -> str:
     if student.student in (None, "", "embedded", EMBEDDED_STUDENT):
         return f"{EMBEDDED_STUDENT}@{embedded_revision()}"
     path = Path(student.student).expanduser()
-    return str(path.resolve()) if path.exists() else student.student
+    if not path.exists():
+        return student.student
+    files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name == "config.json") if (
+        path.is_dir()
+    ) else [path]
+    stamp = _key([[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])  # new weights, new student
+    return f"{path.resolve()}@{stamp}"
 
 
 def training_settings(config: Any) -> dict[str, Any]:
@@ -599,7 +638,7 @@ def training_settings(config: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in UNKEYED_TRAINING_ARGS and not k.startswith("_")}
 
 
-def sft_config(config: Any, output_dir: str | Path) -> Any:
+def sft_config(config: Any, output_dir: str | Path, run_name: str | None = None) -> Any:
     """The plain ``SFTConfig`` of a non-reselect arm: the ``SFTConfig`` fields of the study's ReselectConfig.
 
     ReselectConfig serves its pool through a transform (``remove_unused_columns`` off, the dataset not prepared);
@@ -617,6 +656,8 @@ def sft_config(config: Any, output_dir: str | Path) -> Any:
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init and f.name in names}
     kwargs = {k: v for k, v in (values.get("dataset_kwargs") or {}).items() if k != "skip_prepare_dataset"}
     values.update(output_dir=str(output_dir), remove_unused_columns=True, dataset_kwargs=kwargs or None)
+    if run_name is not None:
+        values["run_name"] = run_name
     return SFTConfig(**values)
 
 
@@ -681,8 +722,6 @@ def _prepare(
         raise LocalnatError("study needs --benchmark FILE (problems with reference answers, e.g. gsm8k.jsonl).")
     if config.by != SelectionConfig.by:
         raise LocalnatError("--by: study selects by each of --arms; name a reselect arm METRIC+reselect instead.")
-    if config.higher_is_better is not None:
-        raise LocalnatError("--higher_is_better: each metric arm takes its own metric's direction; leave it unset.")
     if config.selection_repo:
         raise LocalnatError(
             "--selection_repo: study names each arm's selection itself; use --hub_prefix NAMESPACE/PREFIX."
@@ -691,7 +730,7 @@ def _prepare(
 
     pool = load_rows(args.pool, split=args.split)
     selection = SelectionConfig(group_by=config.group_by, k=config.k, where=config.where)
-    arms = parse_arms(args.arms, pool.column_names)
+    arms = parse_arms(args.arms, pool.column_names, config.higher_is_better)
     names = [arm.name for arm in arms]
     if args.baseline not in (*names, UNTRAINED):
         raise LocalnatError(f"--baseline {args.baseline}: not one of --arms ({', '.join(names)}) or {UNTRAINED}.")
@@ -743,6 +782,7 @@ def _prepare(
     common = {
         "student": student_id, "selection": selection.to_dict(), "seed": config.seed, "num_processes": num_processes,
         "prompt_column": config.prompt_column, "response_column": config.response_column,
+        "chat_template_kwargs": template_kwargs,  # it shapes every training row (and SFTConfig does not hold it)
     }  # fmt: skip
     sft_settings = training_settings(sft_config(config, output_dir / "arms"))
     reselect_settings = training_settings(config)
@@ -751,7 +791,8 @@ def _prepare(
         folder = output_dir / "arms" / arm.folder
         rows = plan.rows[arm.name]
         if arm.kind == "reselect":  # its candidates: every row of the prompts trained on
-            settings = {**common, "arm": arm.name, "training": {**reselect_settings, "by": arm.metric},
+            settings = {**common, "arm": arm.name,
+                        "training": {**reselect_settings, "by": arm.metric, "higher_is_better": arm.higher},
                         "candidates": _rows_digest(pool, _prompt_rows(pool, plan, config.group_by),
                                                    config.prompt_column, config.response_column),
                         "initial": _rows_digest(pool, rows, config.prompt_column, config.response_column)}  # fmt: skip
@@ -761,8 +802,12 @@ def _prepare(
         hub_name = re.sub(r"[^A-Za-z0-9_.-]", "-", arm.name)
         repo = f"{args.hub_prefix}-{hub_name}" if args.hub_prefix else str((folder / "selection").resolve())
         settings = json.loads(json.dumps(settings, default=str))  # as it reads back from selection.json
-        state = _ArmState(arm, folder, _key(settings), settings, len(rows), repo)
-        states.append(state)
+        states.append(_ArmState(arm, folder, _key(settings), settings, len(rows), repo))
+    for state in states:  # every refusal before anything is replaced
+        _check_arm(state, args.overwrite)
+    if not (output_dir / STUDY_FILE).is_file():  # marks the folder as a study's before the first arm lands
+        _write_json(output_dir / STUDY_FILE, {"version": __version__, "state": "preparing"})
+    for state in states:
         _write_selection(state, pool, plan, selection, config, args, push_selection)
     study = {
         "version": __version__, "pool": args.pool, "benchmark": args.benchmark, "student": student_id,
@@ -771,9 +816,9 @@ def _prepare(
                                                     "rows": overlap},
         "eval_settings": eval_settings, "eval_key": _key({"eval": eval_settings, "student": student_id}),
         "arm_states": [
-            {"arm": s.arm.name, "kind": s.arm.kind, "metric": s.arm.metric, "folder": str(s.folder),
-             "train_key": s.train_key, "num_rows": s.num_rows, "selection_repo": s.selection_repo,
-             "notes": plan.notes.get(s.arm.name, {})}
+            {"arm": s.arm.name, "kind": s.arm.kind, "metric": s.arm.metric, "higher": s.arm.higher,
+             "folder": str(s.folder), "train_key": s.train_key, "num_rows": s.num_rows,
+             "selection_repo": s.selection_repo, "notes": plan.notes.get(s.arm.name, {})}
             for s in states
         ],
     }  # fmt: skip
@@ -789,15 +834,21 @@ def _prompt_rows(pool: datasets.Dataset, plan: StudyPlan, group_by: str) -> np.n
     return np.array([i for i, key in enumerate(keys) if not is_missing(key) and key in used], dtype=np.int64)
 
 
+def _check_arm(state: _ArmState, overwrite: bool) -> None:
+    """Refuse to replace a trained arm that was made with other settings (unless ``overwrite``)."""
+    info = _read_json(state.folder / SELECTION_INFO)
+    if info is not None and info.get("train_key") != state.train_key:
+        if any((state.folder / name).exists() for name in ("model", EVAL_RECORDS)):
+            what = f"{state.folder} (arm {state.arm.name})"
+            _refuse_changed(what, info.get("train_settings", {}), state.train_settings, overwrite)
+
+
 def _write_selection(state: _ArmState, pool, plan: StudyPlan, selection, config, args, push_selection) -> None:
-    """The arm's selection folder (push_selection's, with its card) and ``selection.json``, unless already there."""
+    """The arm's selection folder (push_selection's, with its card) and ``selection.json``, unless already there
+    (:func:`_check_arm` has already refused a trained arm of other settings)."""
     info_path = state.folder / SELECTION_INFO
     info = _read_json(info_path)
     if info is not None and info.get("train_key") != state.train_key:
-        made = [name for name in ("model", EVAL_RECORDS) if (state.folder / name).exists()]
-        if made:  # a trained arm of other settings: not replaced without --overwrite
-            what = f"{state.folder} (arm {state.arm.name})"
-            _refuse_changed(what, info.get("train_settings", {}), state.train_settings, args.overwrite)
         for name in (DONE_FILE, "model", EVAL_RECORDS, EVAL_INFO, "train", "selection", SELECTION_INFO):
             _remove(state.folder / name)
         info = None
@@ -812,7 +863,7 @@ def _write_selection(state: _ArmState, pool, plan: StudyPlan, selection, config,
         selected = selected.remove_columns(RANK_COLUMN)
     selected = selected.add_column(RANK_COLUMN, ranks.astype(np.int64).tolist())
     by = state.arm.metric or state.arm.name
-    card_config = dataclasses.replace(selection, by=by, higher_is_better=None if state.arm.metric else True)
+    card_config = dataclasses.replace(selection, by=by, higher_is_better=state.arm.higher if state.arm.metric else True)
     push_selection(
         selected, to_dir=state.folder / "selection", scored=pool, selection_config=card_config,
         source_dataset=args.pool, overwrite=True, teacher_column=config.teacher_column,
@@ -856,14 +907,15 @@ def _train_arm(entry: dict[str, Any], pool: datasets.Dataset, config: Any, stude
     template_kwargs = ScoringConfig(chat_template_kwargs=config.chat_template_kwargs).template_kwargs
     if entry["kind"] == "reselect":
         args = dataclasses.replace(config, output_dir=str(train_dir), by=entry["metric"],
-                                   selection_repo=entry["selection_repo"])  # fmt: skip
+                                   higher_is_better=entry["higher"], selection_repo=entry["selection_repo"],
+                                   run_name=_run_name(config, entry))  # fmt: skip
         used = set(selected[config.group_by])
         candidates = pool.filter(lambda key: key in used, input_columns=config.group_by)
         trainer = ReselectingSFTTrainer(
             model=model, args=args, candidate_dataset=candidates, processing_class=tokenizer
         )
     else:
-        args = sft_config(config, train_dir)
+        args = sft_config(config, train_dir, run_name=_run_name(config, entry))
         rows = np.arange(len(selected))
         train = _conversations(selected, rows, config.prompt_column, config.response_column, template_kwargs)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
@@ -903,6 +955,31 @@ def _train_arm(entry: dict[str, Any], pool: datasets.Dataset, config: Any, stude
     except ImportError:  # pragma: no cover
         pass
     return summary
+
+
+def _relink(entry: dict[str, Any]) -> None:
+    """Point a trained arm's model card at the arm's selection id of this run (``--hub_prefix`` may have been
+    added or changed since it was trained), so ``push-student`` links the right dataset."""
+    from .hub import HISTORY_FILE, TRAINING_ARGS_FILE, student_card
+
+    model = Path(entry["folder"]) / "model"
+    saved = _read_json(model / TRAINING_ARGS_FILE)
+    if saved is None or saved.get("selection_repo") == entry["selection_repo"]:
+        return
+    saved["selection_repo"] = entry["selection_repo"]
+    _write_json(model / TRAINING_ARGS_FILE, saved)
+    history_file = model / HISTORY_FILE
+    history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] if (
+        history_file.is_file()
+    ) else []
+    card = student_card(base_model=saved.get("base_model"), selection_repo=entry["selection_repo"],
+                        training_args=saved.get("training_args"), history=history)  # fmt: skip
+    card.save(str(model / "README.md"))
+
+
+def _run_name(config: Any, entry: dict[str, Any]) -> str | None:
+    """The arm's run name for trackers: the study's with the arm's folder name, so arms do not share a run."""
+    return f"{config.run_name}-{Path(entry['folder']).name}" if config.run_name else None
 
 
 def _model_done(entry: dict[str, Any]) -> bool:
@@ -997,6 +1074,8 @@ def run_study(args: StudyArguments, student: StudentArguments, config: Any) -> d
         bar.close()
         if not main:
             return None
+        for entry in study["arm_states"]:
+            _relink(entry)
         results = _evaluate_and_report(args, student, config, study, output_dir)
     finally:
         if main:
@@ -1138,8 +1217,21 @@ def _markdown(results: dict[str, Any]) -> str:
         f"{results['bootstrap_seed']}), one resample shared by every arm. Wins/losses: problems the arm gets right "
         "and the baseline wrong, and the reverse."
     )
+    steps = {row["arm"]: row["global_step"] for row in results["arms"] if row["arm"] != UNTRAINED}
+    if len(set(steps.values())) > 1:
+        lines.append(
+            "\n**The arms trained for different numbers of steps** ("
+            + ", ".join(f"{arm} {n}" for arm, n in steps.items())
+            + "), so their comparison is not like for like (with num_train_epochs, packing or reselection can "
+            "change the count); set --max_steps."
+        )
     for row in results["arms"]:
         notes = row.get("notes") or {}
+        if "incorrect_prompts" in notes:
+            lines.append(
+                f"\n{row['arm']}: {notes['incorrect_prompts']} prompts have fewer than k correct responses and are "
+                "topped up with seeded random incorrect ones."
+            )
         if "top_teacher" in notes:
             lines.append(
                 f"\n{row['arm']}: teachers ranked by {notes['by']}; the first, {notes['top_teacher']}, answers every "

@@ -105,17 +105,28 @@ def test_every_arm_gets_the_same_number_of_rows_and_the_left_out_prompts_are_cou
     assert any(p != picks[0] for p in picks[1:])
 
 
-def test_oracle_without_a_filter_keeps_correct_responses_only_and_arms_are_checked():
+def test_oracle_without_a_filter_picks_correct_responses_where_they_exist_and_arms_are_checked():
     pool = synthetic_pool()
     plan = plan_study(pool, parse_arms("oracle,random", pool.column_names), SelectionConfig(k=1))
-    assert all(pool["correct"][r] for r in plan.rows["oracle"])
-    assert plan.prompts["used"] == 5 and plan.prompts["short"] == 1 and plan.prompts["without_candidates"] == 0
+    picked = {pool["prompt_id"][r]: pool["correct"][r] for r in plan.rows["oracle"]}
+    assert picked == {"p0": True, "p1": True, "p2": True, "p3": True, "p4": True, "p5": False}  # p5: none correct
+    assert plan.prompts["used"] == 6 and plan.prompts["short"] == 0  # adding oracle leaves every arm its prompts
+    assert plan.notes["oracle"]["incorrect_prompts"] == 1
+    k2 = plan_study(pool, parse_arms("oracle", pool.column_names), SelectionConfig(k=2))
+    assert k2.notes["oracle"]["incorrect_prompts"] == 2  # p4 has one correct response, p5 none
+    assert [pool["prompt_id"][r] for r in k2.rows["oracle"][8:10]] == ["p4", "p4"]
+    assert "c" in [pool["teacher"][r] for r in k2.rows["oracle"][8:10]]  # p4's one correct response is picked
     with pytest.raises(LocalnatError, match="more than once"):
         parse_arms("rsr,rsr", pool.column_names)
     with pytest.raises(LocalnatError, match="is not one of random, best_teacher, oracle"):
         parse_arms("rsr,lalp", pool.column_names)
     with pytest.raises(LocalnatError, match="always evaluated"):
         parse_arms("untrained", pool.column_names)
+    # A column whose name does not say its direction needs --higher_is_better, which then applies to it only.
+    with pytest.raises(LocalnatError, match="--higher_is_better true"):
+        parse_arms("reward", ["reward"])
+    arms = parse_arms("reward,rsr", ["reward", "rsr"], higher_is_better=True)
+    assert [(a.metric, a.higher) for a in arms] == [("reward", True), ("rsr", False)]
 
 
 def test_contamination_guard_normalises_and_names_how_many_matched():
@@ -126,6 +137,47 @@ def test_contamination_guard_normalises_and_names_how_many_matched():
         check_overlap(problems, prompts, "bench", "pool", allow=False)
     assert check_overlap(problems, prompts, "bench", "pool", allow=True) == [0, 2]
     assert check_overlap(problems[1:2], prompts, "bench", "pool", allow=False) == []
+    # Symbols are kept: a different operator is a different problem.
+    assert check_overlap(["What is 1/2 − 1/3?"], ["What is 1/2 + 1/3?"], "bench", "pool", allow=False) == []
+
+
+def test_main_decides_stops_every_process_when_the_main_one_fails(monkeypatch):
+    """Under accelerate, the other processes wait for the main one's result: any failure there must reach them."""
+    import accelerate.utils
+
+    from hf_localnat.distributed import main_decides
+
+    sent = []
+
+    class State:
+        num_processes = 2
+
+        def __init__(self, main):
+            self.is_main_process = main
+
+    def broadcast(box, from_process=0):
+        if sent:  # a non-main process receives what the main one sent
+            box[0] = sent[-1]
+        else:
+            sent.append(box[0])
+        return box
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", broadcast)
+
+    def fail():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        main_decides(State(True), fail)
+    with pytest.raises(RuntimeError, match=r"the main process failed \(OSError: disk full\)"):
+        main_decides(State(False), fail)
+    sent.clear()
+    with pytest.raises(LocalnatError, match="bad flag"):
+        main_decides(State(True), lambda: (_ for _ in ()).throw(LocalnatError("bad flag")))
+    with pytest.raises(LocalnatError, match="bad flag"):
+        main_decides(State(False), fail)
+    sent.clear()
+    assert main_decides(State(True), lambda: 7) == 7 and main_decides(State(False), fail) == 7
 
 
 def slow_paired_reference(table: np.ndarray, baseline: int, n_bootstrap: int, seed: int) -> list[dict]:
@@ -271,6 +323,10 @@ def test_study_command_end_to_end_resumes_and_guards(tmp_path, files, student_di
     assert main(study_argv(files, out, student_dir, "--allow_overlap", "true", bench="overlap")) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("arms/*/done.json")} == marks
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
+    # --hub_prefix added after training: nothing is retrained, and the model cards now link the Hub ids.
+    assert main(study_argv(files, out, student_dir, "--allow_overlap", "true", "--hub_prefix", "me/study",
+                           bench="overlap")) == 0  # fmt: skip
+    assert "me/study-rsr" in (out / "arms" / "rsr" / "model" / "README.md").read_text()
     # Other training settings for finished arms are refused, naming what changed.
     assert main(study_argv(files, out, student_dir, "--allow_overlap", "true", "--learning_rate", "2e-3",
                            bench="overlap")) == 2  # fmt: skip
@@ -278,23 +334,50 @@ def test_study_command_end_to_end_resumes_and_guards(tmp_path, files, student_di
 
 
 def test_an_interrupted_arm_is_redone_and_the_finished_ones_are_kept(tmp_path, files, student_dir, monkeypatch):
+    import transformers
+    import trl
+
     out = tmp_path / "study"
-    argv = [*study_argv(files, out, student_dir), "--arms", "rsr,random"]
-    real = study._train_arm
-    calls = []
+    argv = [*study_argv(files, out, student_dir), "--arms", "rsr,random", "--save_strategy", "steps",
+            "--save_steps", "1"]  # fmt: skip
+    # Stopped while the selections are being written: the folder is still the study's, and a rerun goes on.
+    real_write = study._write_selection
+    writes = []
 
-    def train_then_stop(entry, *args):
-        calls.append(entry["arm"])
-        if entry["arm"] == "random" and calls.count("random") == 1:
-            raise KeyboardInterrupt  # stopped while training the second arm
-        return real(entry, *args)
+    def write_then_stop(state, *args):
+        writes.append(state.arm.name)
+        if len(writes) == 2:
+            raise KeyboardInterrupt
+        return real_write(state, *args)
 
-    monkeypatch.setattr(study, "_train_arm", train_then_stop)
+    monkeypatch.setattr(study, "_write_selection", write_then_stop)
     assert main(argv) == 130
+    monkeypatch.setattr(study, "_write_selection", real_write)
+
+    # Stopped in the second arm's training, after its first checkpoint: a rerun resumes it from there.
+    real_save, real_train = transformers.Trainer._save_checkpoint, trl.SFTTrainer.train
+    calls, resumed = [], []
+
+    def save_then_stop(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        if Path(self.args.output_dir).parent.name == "random" and not calls:
+            calls.append(self.state.global_step)
+            raise KeyboardInterrupt
+
+    def train(self, *args, resume_from_checkpoint=None, **kwargs):
+        resumed.append((Path(self.args.output_dir).parent.name, resume_from_checkpoint))
+        return real_train(self, *args, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(trl.SFTTrainer, "train", train)
+    assert main(argv) == 130
+    assert calls == [1]
     assert (out / "arms" / "rsr" / "model" / "config.json").is_file()
     assert not (out / "arms" / "random" / "model").exists() and not (out / "results.json").exists()
     assert main(argv) == 0
-    assert calls == ["rsr", "random", "random"]  # rsr was not trained again
+    assert resumed == [("rsr", None), ("random", None), ("random", True)]  # rsr was not trained again
+    done = json.loads((out / "arms" / "random" / "done.json").read_text())
+    assert done["training"]["global_step"] == 2
     assert [row["arm"] for row in json.loads((out / "results.json").read_text())["arms"]] == [
         "untrained",
         "rsr",
