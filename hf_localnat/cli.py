@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser
 
+from .data_io import split_field
 from .distributed import destroy_process_group_at_exit
 from .errors import LocalnatError
 from .metrics import ScoringConfig, with_fields_of
@@ -49,7 +50,7 @@ class ScoreArguments:
     MIN_VALUES = {"limit": 1, "chunk_rows": 1}
 
     output: str = field(default="", metadata={"help": "Output: .jsonl, .json, .parquet, .csv, or a folder."})
-    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+    split: str = split_field()
     limit: int | None = field(default=None, metadata={"help": "Score only the first N rows."})
     chunk_rows: int = field(
         default=64, metadata={"help": "Rows per saved chunk; an interrupted run resumes per chunk."}
@@ -125,7 +126,7 @@ class GraceArguments:
     """``hf-localnat grace POOL --output grace.csv``: GRACE, a teacher-level score from the student's gradients."""
 
     output: str | None = field(default=None, metadata={"help": "Write the table to this .csv or .json file."})
-    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+    split: str = split_field()
     overwrite: bool = field(default=False, metadata={"help": OVERWRITE_HELP})
 
 
@@ -421,7 +422,7 @@ class TrainArguments:
     """``hf-localnat train --pool POOL --student PATH --output_dir OUT``: the data side of training."""
 
     pool: str = field(default="", metadata={"help": "Candidate pool: a data file, save_to_disk folder or Hub id."})
-    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+    split: str = split_field()
     overwrite: bool = field(
         default=False,
         metadata={

@@ -36,6 +36,19 @@ __all__ = [
 ]  # fmt: skip
 logger = logging.getLogger(__name__)
 _TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def split_field() -> Any:
+    """The ``split`` option of every command that reads a pool: defined here once, used by each dataclass.
+
+    Example:
+        >>> @dataclass
+        ... class Args:
+        ...     split: str = split_field()
+        >>> Args().split
+        'train'
+    """
+    return dataclasses.field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
 _UMASK = os.umask(0o022)  # read once (the only way to read it), restored on the next line
 os.umask(_UMASK)
 

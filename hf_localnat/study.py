@@ -50,6 +50,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import __version__
+from .data_io import split_field
 from .errors import LocalnatError
 from .evaluation import EvaluateArguments, wilson_interval
 from .metrics import ScoringConfig, with_fields_of
@@ -146,7 +147,7 @@ class StudyArguments:
             "folder's card links that id. Default: the local selection folder."
         },
     )
-    split: str = field(default="train", metadata={"help": "Split to read from a Hub dataset or data folder."})
+    split: str = split_field()
     overwrite: bool = field(
         default=False,
         metadata={
