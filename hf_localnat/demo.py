@@ -34,7 +34,7 @@ import pandas as pd
 
 from .data_io import atomic_dir, load_rows, write_rows
 from .errors import LocalnatError
-from .outputs import FOLDER_KINDS, check_location, foreign_entries
+from .outputs import check_location, foreign_entries, is_marked
 
 if TYPE_CHECKING:
     from .cli import DemoArguments
@@ -72,18 +72,6 @@ def _card_is_the_demos(readme: Path) -> bool:
     return "hf_localnat:" in text and DEMO_SOURCE in text
 
 
-def _is_marked(folder: Path, kind: str) -> bool:
-    """Whether ``folder`` holds the file that marks a folder of ``kind`` (with its text, where one is set)."""
-    spec = FOLDER_KINDS[kind]
-    for name in spec.signatures:
-        path = folder / name
-        if path.is_file() and (
-            spec.signature_text is None or spec.signature_text in path.read_text(encoding="utf-8", errors="replace")
-        ):
-            return True
-    return False
-
-
 def _what_is_there(folder: Path) -> tuple[str, list[str]]:
     """``(state, foreign)``: ``new`` (absent or empty), ``ours`` (an earlier demo's output, this layout or the
     older one with the selection at the top), ``hf_localnat`` (only what the demo writes, but no demo card) or
@@ -92,7 +80,7 @@ def _what_is_there(folder: Path) -> tuple[str, list[str]]:
         return "new", []
     if not folder.is_dir():
         return "foreign", [folder.name]
-    if not foreign_entries(folder, "selection") and _is_marked(folder, "selection"):  # the layout before report/
+    if not foreign_entries(folder, "selection") and is_marked(folder, "selection"):  # the layout before report/
         return ("ours" if _card_is_the_demos(folder / "README.md") else "hf_localnat"), []
     foreign = []
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
@@ -103,7 +91,7 @@ def _what_is_there(folder: Path) -> tuple[str, list[str]]:
             ok = False
         else:
             ok = entry.is_dir() and not entry.is_symlink() and not foreign_entries(entry, kind)
-            ok = ok and _is_marked(entry, kind)
+            ok = ok and is_marked(entry, kind)
         if not ok:
             foreign.append(entry.name + ("/" if entry.is_dir() else ""))
     if foreign:

@@ -22,7 +22,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,6 +253,23 @@ def check_output(
     return path
 
 
+def is_marked(folder: str | os.PathLike, kind: str, files: Sequence[str] | None = None) -> bool:
+    """Whether ``folder`` holds a file that marks a folder of ``kind`` (one of its ``signatures``, holding its
+    ``signature_text`` when that is set); ``files`` are its files when already listed.
+
+    Example:
+        >>> is_marked("new-folder-that-does-not-exist", "report")
+        False
+    """
+    root, spec = Path(folder), FOLDER_KINDS[kind]
+    if files is None:
+        files = _files(root) if root.is_dir() else []
+    marked = [f for f in files if any(_matches(f, sig) for sig in spec.signatures) and (root / f).is_file()]
+    if spec.signature_text is not None:
+        marked = [f for f in marked if spec.signature_text in (root / f).read_text(errors="replace")]
+    return bool(marked)
+
+
 def refuse_foreign(folder: Path, kind: str, flag: str = "--output") -> None:
     """Raise naming what ``folder`` holds that hf_localnat does not write in a folder of ``kind``, if anything."""
     spec = FOLDER_KINDS[kind]
@@ -265,10 +282,7 @@ def refuse_foreign(folder: Path, kind: str, flag: str = "--output") -> None:
             "to replace it even with --overwrite. Move those out, or pick a new folder."
         )
     files = _files(folder)
-    marked = [f for f in files if any(_matches(f, signature) for signature in spec.signatures)]
-    if spec.signature_text is not None:
-        marked = [f for f in marked if spec.signature_text in (folder / f).read_text(errors="replace")]
-    if files and not marked:
+    if files and not is_marked(folder, kind, files):
         raise LocalnatError(
             f"{flag} {str(folder)!r} is not {spec.name} (it has no {' or '.join(spec.signatures)}"
             f"{' of hf_localnat' if spec.signature_text else ''}); refusing to replace it even with --overwrite. "
