@@ -630,7 +630,13 @@ def student_card(
     )
 
 
-def _read_history(folder: Path) -> list[dict[str, Any]]:
+def read_history(folder: Path) -> list[dict[str, Any]]:
+    """The reselection history a trained folder holds (``selection_history.jsonl``); [] when it has none.
+
+    Example:
+        >>> read_history(Path("a-folder-that-does-not-exist"))
+        []
+    """
     path = folder / HISTORY_FILE
     if not path.is_file():
         return []
@@ -691,7 +697,7 @@ def push_student(
             base = base_model or saved.get("base_model")
             selection_repo = selection_repo or saved.get("selection_repo")  # recorded by `study` for each arm
             args = saved.get("training_args")
-            history = _read_history(source)
+            history = read_history(source)
         else:
             trainer = trainer_or_folder
             trainer.save_model(str(folder))

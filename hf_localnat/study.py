@@ -320,11 +320,13 @@ def arm_picks(
     teacher_column: str = RankingConfig.teacher_column,
     response_column: str = ScoringConfig.response_column,
     correct_column: str = StudyArguments.correct_column,
+    candidates: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One arm's picks from the whole pool: row indices and ranks (grouped by prompt, best first), and notes.
 
     Every arm chooses among the same candidates: rows with a ``group_by`` key and a non-empty response that pass
-    ``selection.where``; each keeps up to ``selection.k`` per prompt through
+    ``selection.where`` (``candidates``, that mask, when already computed); each keeps up to ``selection.k`` per
+    prompt through
     :func:`~hf_localnat.selection.top_k_per_group`. A metric arm ranks by the column (unscored rows never picked),
     ``random`` by ``numpy.random.default_rng(seed).random``, ``oracle`` the same draws with every correct
     candidate ahead of every incorrect one (a prompt with fewer than ``k`` correct is topped up, counted in
@@ -345,7 +347,8 @@ def arm_picks(
         ([0, 3], 'a', 1)
     """
     codes, _ = group_codes(list(pool.with_format(None)[selection.group_by]), selection.group_by)
-    eligible = candidate_mask(pool, selection, response_column)
+    # The candidates are the same for every arm: plan_study reads the pool's responses for them once.
+    eligible = candidate_mask(pool, selection, response_column) if candidates is None else candidates
     notes: dict[str, Any] = {}
     if arm.kind in ("metric", "reselect"):
         scores = _score_column(pool, arm.metric)
@@ -448,10 +451,10 @@ def plan_study(
     keys = list(pool.with_format(None)[selection.group_by])
     codes, group_keys = group_codes(keys, selection.group_by)
     real = np.array([not is_missing(key) for key in group_keys], dtype=bool)
-    picks = {arm.name: arm_picks(pool, arm, selection, **options) for arm in arms}
+    candidates = candidate_mask(pool, selection, options.get("response_column", ScoringConfig.response_column))
+    picks = {arm.name: arm_picks(pool, arm, selection, candidates=candidates, **options) for arm in arms}
     counts = {name: np.bincount(codes[rows], minlength=len(group_keys)) for name, (rows, _, _) in picks.items()}
     full = np.logical_and.reduce([count == selection.k for count in counts.values()]) & real
-    candidates = candidate_mask(pool, selection, options.get("response_column", ScoringConfig.response_column))
     has_candidates = np.bincount(codes[candidates], minlength=len(group_keys)) > 0
     prompts = {
         "in_pool": int(real.sum()),
@@ -882,7 +885,7 @@ def _train_arm(entry: dict[str, Any], pool: datasets.Dataset, config: Any, stude
     from trl import SFTTrainer
 
     from .distributed import main_decides
-    from .hub import HISTORY_FILE, TRAINING_ARGS_FILE, student_base_model, student_card, training_args_summary
+    from .hub import HISTORY_FILE, student_base_model, training_args_summary
     from .student import load_student
     from .trainer import ReselectingSFTTrainer
 
@@ -935,10 +938,7 @@ def _train_arm(entry: dict[str, Any], pool: datasets.Dataset, config: Any, stude
             "selection_repo": entry["selection_repo"],
             "study_arm": {"arm": entry["arm"], "train_key": entry["train_key"], **summary},
         }
-        (final / TRAINING_ARGS_FILE).write_text(json.dumps(saved, indent=2) + "\n")
-        card = student_card(base_model=saved["base_model"], selection_repo=entry["selection_repo"],
-                            training_args=saved["training_args"], history=history)  # fmt: skip
-        card.save(str(final / "README.md"))
+        _save_model_card(final, saved, history)
         for name in (DONE_FILE, EVAL_INFO, EVAL_RECORDS, "model"):  # evaluations of an earlier model are stale
             _remove(folder / name)
         final.rename(folder / "model")  # the model folder appears whole
@@ -961,21 +961,23 @@ def _train_arm(entry: dict[str, Any], pool: datasets.Dataset, config: Any, stude
 def _relink(entry: dict[str, Any]) -> None:
     """Point a trained arm's model card at the arm's selection id of this run (``--hub_prefix`` may have been
     added or changed since it was trained), so ``push-student`` links the right dataset."""
-    from .hub import HISTORY_FILE, TRAINING_ARGS_FILE, student_card
+    from .hub import TRAINING_ARGS_FILE, read_history
 
     model = Path(entry["folder"]) / "model"
     saved = _read_json(model / TRAINING_ARGS_FILE)
     if saved is None or saved.get("selection_repo") == entry["selection_repo"]:
         return
-    saved["selection_repo"] = entry["selection_repo"]
-    _write_json(model / TRAINING_ARGS_FILE, saved)
-    history_file = model / HISTORY_FILE
-    history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] if (
-        history_file.is_file()
-    ) else []
-    card = student_card(base_model=saved.get("base_model"), selection_repo=entry["selection_repo"],
+    _save_model_card(model, {**saved, "selection_repo": entry["selection_repo"]}, read_history(model))
+
+
+def _save_model_card(folder: Path, saved: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """An arm's model folder's record of how it was trained (``push-student`` reads it) and its card."""
+    from .hub import TRAINING_ARGS_FILE, student_card
+
+    _write_json(folder / TRAINING_ARGS_FILE, saved)
+    card = student_card(base_model=saved.get("base_model"), selection_repo=saved["selection_repo"],
                         training_args=saved.get("training_args"), history=history)  # fmt: skip
-    card.save(str(model / "README.md"))
+    card.save(str(folder / "README.md"))
 
 
 def _run_name(config: Any, entry: dict[str, Any]) -> str | None:
