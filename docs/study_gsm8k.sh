@@ -55,3 +55,6 @@ fi
 # 5. The figures of docs/findings.md.
 mkdir -p docs/study_gsm8k
 cp "$WORK/study/results.json" "$WORK/study/results.md" "$WORK/study/accuracy.png" docs/study_gsm8k/
+
+# 6. What each arm trained on and how its answers were read (the other figures of docs/findings.md).
+$BIN/python docs/study_picks.py "$WORK/study"
